@@ -1,0 +1,52 @@
+"""Fault profiles: how an emulated provider misbehaves (latency, errors, 429s, hangs, bad bodies)."""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fault = Literal["ok", "status", "rate_limit", "hang", "malformed", "disconnect"]
+
+
+class FaultProfile(BaseModel):
+    """What one provider does to its callers. Rates are probabilities per call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float = Field(default=0.0, ge=0)
+    latency_jitter_ms: float = Field(default=0.0, ge=0)
+    error_rates: dict[int, float] = Field(default_factory=dict, description="HTTP status -> probability.")
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
+    retry_after_s: float = Field(default=1.0, ge=0)
+    hang_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_s: float = Field(default=300.0, ge=0)
+    malformed_rate: float = Field(default=0.0, ge=0, le=1)
+    disconnect_rate: float = Field(default=0.0, ge=0, le=1, description="Streams cut after some chunks.")
+    down: bool = False
+
+    def draw(self, rng: random.Random) -> tuple[Fault, int]:
+        """Pick what happens to the next call: (fault, http status)."""
+        if self.down:
+            return "status", 503
+        x = rng.random()
+        for status, rate in sorted(self.error_rates.items()):
+            if x < rate:
+                return "status", status
+            x -= rate
+        for fault, rate in (
+            ("rate_limit", self.rate_limit_rate),
+            ("hang", self.hang_rate),
+            ("malformed", self.malformed_rate),
+            ("disconnect", self.disconnect_rate),
+        ):
+            if x < rate:
+                return fault, 429 if fault == "rate_limit" else 200  # type: ignore[return-value]
+            x -= rate
+        return "ok", 200
+
+    def latency_s(self, rng: random.Random) -> float:
+        """This call's added latency in seconds."""
+        jitter = rng.uniform(-self.latency_jitter_ms, self.latency_jitter_ms) if self.latency_jitter_ms else 0.0
+        return max(0.0, self.latency_ms + jitter) / 1000.0

@@ -1,0 +1,65 @@
+"""The request event: what an application produces to ``<prefix>.requests``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.base import Event, utc_now
+
+RequestKind = Literal["chat", "embedding"]
+Tier = Literal["free", "basic", "pro", "enterprise"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class Request(Event):
+    """An LLM request. ``request_id`` is the client's handle; answers come back under it."""
+
+    request_id: str = Field(pattern=ID_PATTERN)
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    tier: Tier | None = Field(
+        default=None, description="A hint only: the tenant's configured tier wins when one is set."
+    )
+    kind: RequestKind = "chat"
+    messages: list[Message] | None = None
+    input: list[str] | None = Field(default=None, description="Texts to embed (kind=embedding).")
+    model: str | None = Field(default=None, description="Preferred model, e.g. 'gpt-4o-mini'.")
+    quality_floor: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stream: bool = False
+    idempotency_key: str | None = Field(default=None, max_length=256)
+    created_at: datetime = Field(default_factory=utc_now)
+    deadline_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+    reply_topic: str | None = Field(default=None, max_length=249)
+    region: str | None = Field(default=None, max_length=64)
+    cache_bypass: bool = False
+    allow_semantic_cache: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> Self:
+        if self.kind == "chat" and not self.messages:
+            raise ValueError("a chat request needs at least one message")
+        if self.kind == "embedding" and not self.input:
+            raise ValueError("an embedding request needs at least one input text")
+        return self
+
+    @property
+    def deadline(self) -> datetime:
+        """The absolute time after which nobody waits for this answer."""
+        return self.created_at + timedelta(milliseconds=self.deadline_ms)

@@ -1,0 +1,169 @@
+"""The one error tree of aifleet. Every error knows its typed reason and whether a retry can help.
+
+AifleetError
+├── InvalidRecord                 bad input: goes to the DLQ, never kills a worker
+│   ├── InvalidJson
+│   ├── SchemaViolation
+│   ├── PayloadTooLarge
+│   └── ForbiddenReplyTopic
+├── ProviderError                 raised by adapters only; nothing provider-specific leaks past dispatch
+│   ├── RateLimited               retryable, honours retry_after_s
+│   ├── ProviderUnavailable       retryable (5xx, connection refused)
+│   ├── ProviderTimeout           retryable
+│   ├── MalformedProviderResponse retryable (a body that is not the wire format)
+│   ├── BadRequest
+│   ├── ContextLengthExceeded
+│   ├── ContentFiltered
+│   └── AuthenticationFailed
+├── StreamInterrupted             a stream broke after chunks went out
+├── NoProviderAvailable           routing found nothing that can serve the request
+├── DeadlineExceeded
+└── QuotaError
+    ├── QuotaExceeded
+    └── BudgetExceeded
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from schemas.dead_letter import DeadLetterReason
+from schemas.errors import ErrorInfo, ErrorReason
+
+
+class AifleetError(Exception):
+    """Root of every error aifleet raises on purpose."""
+
+    reason: ClassVar[ErrorReason] = ErrorReason.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        retry_after_s: float | None = None,
+        resets_at: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.retry_after_s = retry_after_s
+        self.resets_at = resets_at
+
+    def to_info(self) -> ErrorInfo:
+        """The wire form of this error, for responses, chunks and usage events."""
+        return ErrorInfo(
+            reason=self.reason,
+            message=self.message[:2000],
+            retryable=self.retryable,
+            provider=self.provider,
+            retry_after_s=self.retry_after_s,
+            resets_at=self.resets_at,
+        )
+
+
+class InvalidRecord(AifleetError):
+    """A record no stage can accept; it is answered (when its id is readable) and dead-lettered."""
+
+    dlq_reason: ClassVar[DeadLetterReason] = DeadLetterReason.SCHEMA_VIOLATION
+
+    def __init__(self, message: str, *, request_id: str | None = None, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.tenant = tenant
+
+
+class InvalidJson(InvalidRecord):
+    reason = ErrorReason.INVALID_JSON
+    dlq_reason = DeadLetterReason.INVALID_JSON
+
+
+class SchemaViolation(InvalidRecord):
+    reason = ErrorReason.SCHEMA_VIOLATION
+    dlq_reason = DeadLetterReason.SCHEMA_VIOLATION
+
+
+class UnsupportedSchemaVersion(InvalidRecord):
+    reason = ErrorReason.UNSUPPORTED_SCHEMA_VERSION
+    dlq_reason = DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION
+
+
+class PayloadTooLarge(InvalidRecord):
+    reason = ErrorReason.PAYLOAD_TOO_LARGE
+    dlq_reason = DeadLetterReason.PAYLOAD_TOO_LARGE
+
+
+class ForbiddenReplyTopic(InvalidRecord):
+    reason = ErrorReason.FORBIDDEN_REPLY_TOPIC
+    dlq_reason = DeadLetterReason.FORBIDDEN_REPLY_TOPIC
+
+
+class ProviderError(AifleetError):
+    """Something a provider did; adapters translate their transport and status errors into these."""
+
+
+class RateLimited(ProviderError):
+    reason = ErrorReason.RATE_LIMITED
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    reason = ErrorReason.PROVIDER_UNAVAILABLE
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    reason = ErrorReason.TIMEOUT
+    retryable = True
+
+
+class MalformedProviderResponse(ProviderError):
+    reason = ErrorReason.MALFORMED_PROVIDER_RESPONSE
+    retryable = True
+
+
+class BadRequest(ProviderError):
+    reason = ErrorReason.BAD_REQUEST
+
+
+class ContextLengthExceeded(ProviderError):
+    reason = ErrorReason.CONTEXT_LENGTH_EXCEEDED
+
+
+class ContentFiltered(ProviderError):
+    reason = ErrorReason.CONTENT_FILTERED
+
+
+class AuthenticationFailed(ProviderError):
+    reason = ErrorReason.AUTHENTICATION
+
+
+class StreamInterrupted(AifleetError):
+    reason = ErrorReason.STREAM_INTERRUPTED
+
+
+class NoProviderAvailable(AifleetError):
+    reason = ErrorReason.NO_PROVIDER
+    retryable = True
+
+
+class DeadlineExceeded(AifleetError):
+    reason = ErrorReason.DEADLINE_EXCEEDED
+
+
+class QuotaError(AifleetError):
+    """A tenant is over one of its limits."""
+
+
+class QuotaExceeded(QuotaError):
+    reason = ErrorReason.QUOTA_EXCEEDED
+
+
+class BudgetExceeded(QuotaError):
+    reason = ErrorReason.BUDGET_EXCEEDED
+
+
+class BrokerError(AifleetError):
+    """The embedded broker could not be fetched, formatted or started."""

@@ -1,0 +1,139 @@
+"""HTTP plumbing every adapter shares: one session, status mapping, SSE framing, error translation.
+
+Low-level errors are translated here, at one boundary, into ``streams.errors.ProviderError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn
+
+import aiohttp
+import orjson
+
+from schemas.base import utc_now
+from streams.catalog import Timeouts
+from streams.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ContentFiltered,
+    ContextLengthExceeded,
+    MalformedProviderResponse,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
+
+
+def client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout object for a provider's connect/read/total limits."""
+    return aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s, sock_read=t.read_s)
+
+
+def new_session(limit: int = 512) -> aiohttp.ClientSession:
+    """A pooled client session; one per provider per worker."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(ms) / 1000.0)
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - utc_now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_text(body: bytes) -> tuple[str, str]:
+    """(code, message) from an OpenAI- or Anthropic-shaped error body, best effort."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", body[:300].decode("utf-8", "replace")
+    err = doc.get("error", doc) if isinstance(doc, dict) else {}
+    if not isinstance(err, dict):
+        return "", str(err)[:300]
+    code = str(err.get("code") or err.get("type") or "")
+    return code, str(err.get("message") or "")[:500]
+
+
+def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> NoReturn:
+    """Translate a non-2xx reply into the typed error it means."""
+    code, text = _error_text(body)
+    msg = f"{provider} answered HTTP {status}: {text or code or 'no detail'}"
+    lowered = f"{code} {text}".lower()
+    if status == 429:
+        raise RateLimited(msg, provider=provider, retry_after_s=parse_retry_after(headers))
+    if status in (401, 403):
+        raise AuthenticationFailed(msg, provider=provider)
+    if status == 408:
+        raise ProviderTimeout(msg, provider=provider)
+    if status in (400, 404, 413, 422):
+        if "context_length" in lowered or "maximum context" in lowered or "too long" in lowered:
+            raise ContextLengthExceeded(msg, provider=provider)
+        if "content_filter" in lowered or "content management policy" in lowered:
+            raise ContentFiltered(msg, provider=provider)
+        raise BadRequest(msg, provider=provider)
+    raise ProviderUnavailable(msg, provider=provider, retry_after_s=parse_retry_after(headers))
+
+
+@contextlib.contextmanager
+def map_exceptions(provider: str) -> Iterator[None]:
+    """Translate transport errors raised inside the block into typed provider errors."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise ProviderTimeout(f"{provider} did not answer in time", provider=provider) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise MalformedProviderResponse(f"{provider} sent a broken body: {exc}", provider=provider) from exc
+    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        raise ProviderUnavailable(f"{provider} unreachable: {type(exc).__name__}", provider=provider) from exc
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise MalformedProviderResponse(f"{provider} sent a malformed body: {exc!r}", provider=provider) from exc
+
+
+def loads_json(provider: str, body: bytes) -> Any:
+    """Parse a JSON body, or raise MalformedProviderResponse."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedProviderResponse(f"{provider} sent a body that is not JSON", provider=provider) from exc
+
+
+async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | None, str]]:
+    """Yield (event, data) pairs from a server-sent-events body, per the SSE framing rules."""
+    event: str | None = None
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, "\n".join(data)

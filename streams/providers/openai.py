@@ -1,0 +1,155 @@
+"""OpenAI Chat Completions and Embeddings, and every server that speaks the same wire format
+(vLLM, xAI Grok, Hugging Face TGI's Messages API): only the base URL and key differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from schemas.request import Request
+from schemas.response import TokenUsage
+from streams.catalog import ProviderSpec
+from streams.errors import MalformedProviderResponse, StreamInterrupted
+from streams.providers.base import Completion, Embeddings, StreamDelta, StreamEnd, StreamEvent
+from streams.providers.http import (
+    client_timeout,
+    iter_sse,
+    loads_json,
+    map_exceptions,
+    new_session,
+    raise_for_status,
+)
+
+
+class OpenAIProvider:
+    """An adapter for the OpenAI wire format."""
+
+    def __init__(self, name: str, spec: ProviderSpec, api_key: SecretStr | None) -> None:
+        self.name = name
+        self.spec = spec
+        self._api_key = api_key
+        self._timeout = client_timeout(spec.timeouts)
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- wire format -------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self.spec.base_url.rstrip('/')}{path}"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return headers
+
+    def _chat_body(self, request: Request, model: str, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [m.model_dump() for m in request.messages or []],
+        }
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    @staticmethod
+    def _usage(doc: dict[str, Any]) -> TokenUsage:
+        usage = doc.get("usage") or {}
+        return TokenUsage(
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+        )
+
+    # -- Provider ----------------------------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = new_session()
+        return self._session
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        with map_exceptions(self.name):
+            async with self.session.post(
+                self._url(path), data=orjson.dumps(body), headers=self._headers(), timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 300:
+                    raise_for_status(self.name, resp.status, resp.headers, raw)
+                return loads_json(self.name, raw)
+
+    async def complete(self, request: Request, model: str) -> Completion:
+        doc = await self._post("/chat/completions", self._chat_body(request, model, stream=False))
+        with map_exceptions(self.name):
+            choice = doc["choices"][0]
+            text = choice["message"]["content"]
+            if not isinstance(text, str):
+                raise MalformedProviderResponse(f"{self.name}: content is not text", provider=self.name)
+            return Completion(
+                text=text,
+                model=str(doc.get("model", model)),
+                usage=self._usage(doc),
+                finish_reason=choice.get("finish_reason"),
+            )
+
+    async def stream(self, request: Request, model: str) -> AsyncIterator[StreamEvent]:
+        body = self._chat_body(request, model, stream=True)
+        sent_any = False
+        usage: TokenUsage | None = None
+        finish: str | None = None
+        got_done = False
+        with map_exceptions(self.name):
+            async with self.session.post(
+                self._url("/chat/completions"),
+                data=orjson.dumps(body),
+                headers=self._headers(),
+                timeout=self._timeout,
+            ) as resp:
+                if resp.status >= 300:
+                    raise_for_status(self.name, resp.status, resp.headers, await resp.read())
+                try:
+                    async for _event, data in iter_sse(resp.content):
+                        if data == "[DONE]":
+                            got_done = True
+                            break
+                        doc = loads_json(self.name, data.encode())
+                        if doc.get("usage"):
+                            usage = self._usage(doc)
+                        for choice in doc.get("choices") or []:
+                            delta = (choice.get("delta") or {}).get("content")
+                            if delta:
+                                sent_any = True
+                                yield StreamDelta(delta)
+                            if choice.get("finish_reason"):
+                                finish = choice["finish_reason"]
+                except (aiohttp.ClientError, MalformedProviderResponse) as exc:
+                    if sent_any:
+                        raise StreamInterrupted(f"{self.name} stream broke: {exc}", provider=self.name) from exc
+                    raise
+        if not got_done or usage is None:
+            if sent_any:
+                raise StreamInterrupted(f"{self.name} stream ended without [DONE]/usage", provider=self.name)
+            raise MalformedProviderResponse(f"{self.name} stream ended early", provider=self.name)
+        yield StreamEnd(model=model, usage=usage, finish_reason=finish)
+
+    async def embed(self, request: Request, model: str) -> Embeddings:
+        doc = await self._post("/embeddings", {"model": model, "input": list(request.input or [])})
+        with map_exceptions(self.name):
+            data = sorted(doc["data"], key=lambda d: d["index"])
+            usage = doc.get("usage") or {}
+            return Embeddings(
+                vectors=[list(map(float, d["embedding"])) for d in data],
+                model=str(doc.get("model", model)),
+                usage=TokenUsage(input_tokens=int(usage.get("prompt_tokens", 0))),
+            )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,133 @@
+"""One frozen settings model, read from the environment (``AIFLEET_*``) once at start-up.
+
+Nested fields use ``__``: ``AIFLEET_KAFKA__BOOTSTRAP``. The provider catalog, tiers and
+thresholds live in a TOML file (``infra/config/aifleet.toml`` by default, ``AIFLEET_CONFIG_FILE``
+to point elsewhere). Secrets are ``SecretStr``: they print as ``**********`` and never reach a
+log line, a topic or a table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path.home() / ".aifleet"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "infra" / "config" / "aifleet.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Where the broker is, and how aifleet's topics are laid out on it."""
+
+    bootstrap: str | None = Field(
+        default=None, description="An existing cluster (host:port,...). When unset, aifleet starts its own."
+    )
+    port: int = Field(default=39092, description="Client port of the embedded broker.")
+    controller_port: int = Field(default=39093, description="KRaft controller port of the embedded broker.")
+    data_dir: Path | None = Field(default=None, description="Embedded broker's log dir (default under home).")
+    heap_mb: int = 512
+    kafka_version: str = "4.1.1"
+    topic_prefix: str = Field(default="aifleet", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+
+class WorkerSettings(_Section):
+    """How a worker process consumes and how much it keeps in flight."""
+
+    app_id: str = "aifleet"
+    max_in_flight: int = Field(default=256, ge=1, description="Requests one dispatch worker holds at once.")
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests go to the DLQ.")
+    dlq_max_payload_bytes: int = Field(default=4_194_304, description="Dead letters keep at most this much.")
+    commit_interval_s: float = 1.0
+    producer_linger_ms: int = 2
+    web_port: int | None = Field(default=None, description="Metrics/web port; None disables the web server.")
+
+
+class EmulatorSettings(_Section):
+    """The provider emulator that `aifleet up` starts when no provider key is set."""
+
+    host: str = "127.0.0.1"
+    port: int = 38080
+    latency_ms: float = 0.0
+
+
+class ProviderKeys(_Section):
+    """API keys, from the environment or a secrets directory only."""
+
+    openai: SecretStr | None = None
+    azure_openai: SecretStr | None = None
+    anthropic: SecretStr | None = None
+    xai: SecretStr | None = None
+    huggingface: SecretStr | None = None
+
+
+class ClickHouseSettings(_Section):
+    """The analytics store: chDB in-process by default, a ClickHouse server in production."""
+
+    backend: Literal["chdb", "http"] = "chdb"
+    url: str = "http://127.0.0.1:8123"
+    username: str = "default"
+    password: SecretStr | None = None
+    database: str = "aifleet"
+    data_path: Path | None = None
+    cluster: str | None = None
+    store_prompts: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a deployment, loaded once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIFLEET_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    home: Path = DEFAULT_HOME
+    config_file: Path = DEFAULT_CONFIG_FILE
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    kafka: KafkaSettings = KafkaSettings()
+    worker: WorkerSettings = WorkerSettings()
+    emulator: EmulatorSettings = EmulatorSettings()
+    keys: ProviderKeys = ProviderKeys()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+
+    # Flat aliases for the settings people set most often.
+    kafka_bootstrap: str | None = Field(default=None, description="Same as kafka.bootstrap.")
+
+    @property
+    def bootstrap(self) -> str | None:
+        """The external cluster to use, or None when aifleet runs its own broker."""
+        return self.kafka_bootstrap or self.kafka.bootstrap
+
+    @property
+    def broker_data_dir(self) -> Path:
+        """Where the embedded broker keeps its log segments."""
+        return self.kafka.data_dir or self.home / "kafka" / f"data-{self.kafka.port}"
+
+    def has_provider_keys(self) -> bool:
+        """True when at least one real provider key is configured."""
+        return any(v is not None for v in self.keys.model_dump().values())
+
+    def topic(self, name: str) -> str:
+        """A topic name under this deployment's prefix."""
+        return f"{self.kafka.topic_prefix}.{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
