@@ -25,7 +25,33 @@ from streams.errors import (
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
+    StreamInterrupted,
 )
+from streams.providers.base import StreamDelta, StreamEnd, StreamEvent
+
+REQUEST_ID_HEADER = "X-Aifleet-Request-Id"
+"""Sent on every provider call so the emulator (and provider-side logs) can count calls per request."""
+
+# Error ``type``/``code`` strings providers put in bodies and in-stream error events, mapped to the HTTP
+# status they stand for, so in-stream errors translate exactly like status errors.
+ERROR_TYPE_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "invalid_request": 400,
+    "context_length_exceeded": 400,
+    "content_filter": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "timeout": 408,
+    "api_error": 500,
+    "server_error": 500,
+    "overloaded_error": 529,
+    "service_unavailable": 503,
+}
 
 
 def client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
@@ -80,7 +106,7 @@ def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> N
         raise RateLimited(msg, provider=provider, retry_after_s=parse_retry_after(headers))
     if status in (401, 403):
         raise AuthenticationFailed(msg, provider=provider)
-    if status == 408:
+    if status in (408, 504):
         raise ProviderTimeout(msg, provider=provider)
     if status in (400, 404, 413, 422):
         if "context_length" in lowered or "maximum context" in lowered or "too long" in lowered:
@@ -137,3 +163,53 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | N
             data.append(value)
     if data:
         yield event, "\n".join(data)
+
+
+def raise_stream_error(provider: str, error: Any, default_status: int = 500) -> NoReturn:
+    """Translate an error event that arrived inside a 200 stream (``{"error": {...}}`` or a string)."""
+    body = orjson.dumps({"error": error})
+    code, _ = _error_text(body)
+    raise_for_status(provider, ERROR_TYPE_STATUS.get(code, default_status), {}, body)
+
+
+async def guard_stream(provider: str, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """Enforce the stream contract around an adapter's raw event generator.
+
+    Any failure before the first ``StreamDelta`` surfaces as the typed (often retryable) provider error;
+    any failure after a delta went out becomes ``StreamInterrupted``. The stream must end with exactly one
+    ``StreamEnd``; ending without one is a malformed reply (or an interruption, after deltas).
+    """
+    sent_delta = False
+    ended = False
+    it = aiter(events)
+    try:
+        while True:
+            try:
+                with map_exceptions(provider):
+                    event = await anext(it)
+            except StopAsyncIteration:
+                break
+            except ProviderError as exc:
+                if sent_delta:
+                    raise StreamInterrupted(
+                        f"{provider} stream broke after output was sent: {exc.message}", provider=provider
+                    ) from exc
+                raise
+            if ended:
+                continue
+            if isinstance(event, StreamDelta):
+                if not event.text:
+                    continue
+                sent_delta = True
+            elif isinstance(event, StreamEnd):
+                ended = True
+            yield event
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+    if not ended:
+        if sent_delta:
+            raise StreamInterrupted(f"{provider} stream ended before its final event", provider=provider)
+        raise MalformedProviderResponse(f"{provider} stream ended before any output", provider=provider)

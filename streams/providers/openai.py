@@ -14,15 +14,18 @@ from pydantic import SecretStr
 from schemas.request import Request
 from schemas.response import TokenUsage
 from streams.catalog import ProviderSpec
-from streams.errors import MalformedProviderResponse, StreamInterrupted
+from streams.errors import ContentFiltered, MalformedProviderResponse
 from streams.providers.base import Completion, Embeddings, StreamDelta, StreamEnd, StreamEvent
 from streams.providers.http import (
+    REQUEST_ID_HEADER,
     client_timeout,
+    guard_stream,
     iter_sse,
     loads_json,
     map_exceptions,
     new_session,
     raise_for_status,
+    raise_stream_error,
 )
 
 
@@ -40,10 +43,23 @@ class OpenAIProvider:
     def _url(self, path: str) -> str:
         return f"{self.spec.base_url.rstrip('/')}{path}"
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+    def _chat_url(self, model: str) -> str:
+        """Where chat completions for ``model`` go (Azure overrides this with its deployment URL)."""
+        return self._url("/chat/completions")
+
+    def _embeddings_url(self, model: str) -> str:
+        """Where embeddings for ``model`` go."""
+        return self._url("/embeddings")
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+
+    def _headers(self, request: Request | None = None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self._auth_headers()}
+        if request is not None:
+            headers[REQUEST_ID_HEADER] = request.request_id
         return headers
 
     def _chat_body(self, request: Request, model: str, *, stream: bool) -> dict[str, Any]:
@@ -75,10 +91,10 @@ class OpenAIProvider:
             self._session = new_session()
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+    async def _post(self, url: str, body: dict[str, Any], request: Request) -> Any:
         with map_exceptions(self.name):
             async with self.session.post(
-                self._url(path), data=orjson.dumps(body), headers=self._headers(), timeout=self._timeout
+                url, data=orjson.dumps(body), headers=self._headers(request), timeout=self._timeout
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
@@ -86,61 +102,67 @@ class OpenAIProvider:
                 return loads_json(self.name, raw)
 
     async def complete(self, request: Request, model: str) -> Completion:
-        doc = await self._post("/chat/completions", self._chat_body(request, model, stream=False))
+        doc = await self._post(self._chat_url(model), self._chat_body(request, model, stream=False), request)
         with map_exceptions(self.name):
             choice = doc["choices"][0]
-            text = choice["message"]["content"]
+            text = choice["message"].get("content")
+            finish = choice.get("finish_reason")
+            if finish == "content_filter" and not text:
+                raise ContentFiltered(f"{self.name} filtered the completion", provider=self.name)
             if not isinstance(text, str):
                 raise MalformedProviderResponse(f"{self.name}: content is not text", provider=self.name)
             return Completion(
                 text=text,
                 model=str(doc.get("model", model)),
                 usage=self._usage(doc),
-                finish_reason=choice.get("finish_reason"),
+                finish_reason=finish,
             )
 
-    async def stream(self, request: Request, model: str) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: Request, model: str) -> AsyncIterator[StreamEvent]:
+        return guard_stream(self.name, self._stream_events(request, model))
+
+    async def _stream_events(self, request: Request, model: str) -> AsyncIterator[StreamEvent]:
         body = self._chat_body(request, model, stream=True)
-        sent_any = False
         usage: TokenUsage | None = None
         finish: str | None = None
-        got_done = False
-        with map_exceptions(self.name):
-            async with self.session.post(
-                self._url("/chat/completions"),
-                data=orjson.dumps(body),
-                headers=self._headers(),
-                timeout=self._timeout,
-            ) as resp:
-                if resp.status >= 300:
-                    raise_for_status(self.name, resp.status, resp.headers, await resp.read())
-                try:
-                    async for _event, data in iter_sse(resp.content):
-                        if data == "[DONE]":
-                            got_done = True
-                            break
-                        doc = loads_json(self.name, data.encode())
-                        if doc.get("usage"):
-                            usage = self._usage(doc)
-                        for choice in doc.get("choices") or []:
-                            delta = (choice.get("delta") or {}).get("content")
-                            if delta:
-                                sent_any = True
-                                yield StreamDelta(delta)
-                            if choice.get("finish_reason"):
-                                finish = choice["finish_reason"]
-                except (aiohttp.ClientError, MalformedProviderResponse) as exc:
-                    if sent_any:
-                        raise StreamInterrupted(f"{self.name} stream broke: {exc}", provider=self.name) from exc
-                    raise
-        if not got_done or usage is None:
-            if sent_any:
-                raise StreamInterrupted(f"{self.name} stream ended without [DONE]/usage", provider=self.name)
-            raise MalformedProviderResponse(f"{self.name} stream ended early", provider=self.name)
-        yield StreamEnd(model=model, usage=usage, finish_reason=finish)
+        served_model = model
+        async with self.session.post(
+            self._chat_url(model),
+            data=orjson.dumps(body),
+            headers=self._headers(request),
+            timeout=self._timeout,
+        ) as resp:
+            if resp.status >= 300:
+                raise_for_status(self.name, resp.status, resp.headers, await resp.read())
+            async for _event, data in iter_sse(resp.content):
+                if data == "[DONE]":
+                    break
+                doc = loads_json(self.name, data.encode())
+                if not isinstance(doc, dict):
+                    raise MalformedProviderResponse(
+                        f"{self.name} sent a chunk that is not an object", provider=self.name
+                    )
+                if doc.get("error"):
+                    raise_stream_error(self.name, doc["error"])
+                served_model = str(doc.get("model") or served_model)
+                if doc.get("usage"):
+                    usage = self._usage(doc)
+                for choice in doc.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        yield StreamDelta(delta)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            else:
+                # The body ended without [DONE]: the connection was cut.
+                raise MalformedProviderResponse(f"{self.name} stream ended without [DONE]", provider=self.name)
+        if usage is None:
+            raise MalformedProviderResponse(f"{self.name} stream carried no usage", provider=self.name)
+        yield StreamEnd(model=served_model, usage=usage, finish_reason=finish)
 
     async def embed(self, request: Request, model: str) -> Embeddings:
-        doc = await self._post("/embeddings", {"model": model, "input": list(request.input or [])})
+        body = {"model": model, "input": list(request.input or [])}
+        doc = await self._post(self._embeddings_url(model), body, request)
         with map_exceptions(self.name):
             data = sorted(doc["data"], key=lambda d: d["index"])
             usage = doc.get("usage") or {}
