@@ -1,0 +1,43 @@
+"""Errors of the analytics store. All are ``AifleetError``s so agents can branch on ``retryable``."""
+
+from __future__ import annotations
+
+from schemas.errors import ErrorReason
+from streams.errors import AifleetError
+
+
+class AnalyticsError(AifleetError):
+    """Something went wrong talking to the analytics store."""
+
+    reason = ErrorReason.INTERNAL
+
+
+class AnalyticsUnavailable(AnalyticsError):
+    """ClickHouse (or the embedded chDB engine, or its query endpoint) cannot be reached right now.
+
+    The Kafka agent must not commit the offsets of the batch that raised this; it retries later.
+    """
+
+    retryable = True
+
+
+class AnalyticsBackpressure(AnalyticsUnavailable):
+    """ClickHouse is up but refuses load (too many parts, memory limit, too many queries): slow down."""
+
+
+class AnalyticsQueryError(AnalyticsError):
+    """A query was rejected (bad SQL, unknown table, failed migration): retrying will not help."""
+
+
+class InvalidReportRequest(AnalyticsError):
+    """A report was asked for with an unknown kind, grouping column, format or time span."""
+
+
+class EmbeddedStoreLocked(AnalyticsUnavailable):
+    """The chDB data path is owned by another process and no query endpoint for it was found."""
+
+
+class WebhookDeliveryFailed(AnalyticsError):
+    """A webhook could not be delivered after all retries."""
+
+    retryable = True
