@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Fault = Literal["ok", "status", "rate_limit", "hang", "malformed", "disconnect"]
+Fault = Literal["ok", "status", "rate_limit", "hang", "malformed", "disconnect", "stream_error"]
 
 
 class FaultProfile(BaseModel):
@@ -24,6 +24,21 @@ class FaultProfile(BaseModel):
     hang_s: float = Field(default=300.0, ge=0)
     malformed_rate: float = Field(default=0.0, ge=0, le=1)
     disconnect_rate: float = Field(default=0.0, ge=0, le=1, description="Streams cut after some chunks.")
+    disconnect_after: int | None = Field(
+        default=None, ge=0, description="Text chunks sent before a disconnect cuts the stream (default: half)."
+    )
+    stream_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Streams that answer 200 and then send an in-stream error event."
+    )
+    stream_error_after: int = Field(default=0, ge=0, description="Text chunks sent before the in-stream error.")
+    stream_error_status: int = Field(default=529, description="The status the in-stream error stands for.")
+    chunk_delay_ms: float = Field(default=0.0, ge=0, description="Pause between streamed chunks.")
+    context_window: int | None = Field(
+        default=None, gt=0, description="Prompts over this many tokens get the wire format's context-length error."
+    )
+    blocked_words: list[str] = Field(
+        default_factory=list, description="Prompts containing one of these get the wire format's content-filter reply."
+    )
     down: bool = False
 
     def draw(self, rng: random.Random) -> tuple[Fault, int]:
@@ -40,6 +55,7 @@ class FaultProfile(BaseModel):
             ("hang", self.hang_rate),
             ("malformed", self.malformed_rate),
             ("disconnect", self.disconnect_rate),
+            ("stream_error", self.stream_error_rate),
         ):
             if x < rate:
                 return fault, 429 if fault == "rate_limit" else 200  # type: ignore[return-value]
