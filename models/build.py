@@ -1,0 +1,287 @@
+"""Build the ONNX artefacts of a sentence encoder from its shipped safetensors weights, and cache them.
+
+Variants:
+
+* ``fp32``: the graph of :mod:`models.graph`, fused by ``onnxruntime.transformers.optimizer`` into
+  Attention / SkipLayerNormalization / BiasGelu (python fusions only, so no sympy is needed).
+* ``int8``: ``fp32`` through ``quantize_dynamic`` (per-channel int8 weights, uint8 activations) on MatMul and
+  Attention; the embedding tables stay fp32.
+* ``fp16``: ``fp32`` converted by ``onnxruntime.transformers.float16`` with float32 inputs/outputs kept, for CUDA.
+
+Artefacts live outside git, under ``<home>/models/<name>/<variant>.onnx`` (home: ``AIFLEET_HOME``, default
+``~/.aifleet``), next to a ``manifest.json`` holding the weights' sha256, each variant's file sha256, size,
+build time and fused-operator counts. :func:`ensure_model` rebuilds a variant when its file is missing, when
+the weights changed, or when this builder's version changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+from models.errors import ModelError, WeightsMismatch
+from models.weights import MINILM, ModelSpec, load_weights, sha256_file, weights_sha256
+
+Variant = Literal["fp32", "int8", "fp16"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
+CPU_VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
+BUILDER_VERSION = 1  # bump when the graph or a build step changes: cached artefacts are then rebuilt
+MS_DOMAIN = "com.microsoft"
+
+ProgressFn = Callable[[str], None]
+
+
+def models_home(home: Path | None = None) -> Path:
+    """``<home>/models``; home defaults to the ``home`` setting (``AIFLEET_HOME``)."""
+    if home is None:
+        from streams.settings import get_settings
+
+        home = get_settings().home
+    return Path(home).expanduser() / "models"
+
+
+def model_cache_dir(spec: ModelSpec = MINILM, home: Path | None = None) -> Path:
+    """The folder holding one model's artefacts and manifest."""
+    return models_home(home) / spec.name
+
+
+def artefact_path(variant: Variant, spec: ModelSpec = MINILM, home: Path | None = None) -> Path:
+    """Where a variant's .onnx file lives (it may not exist yet)."""
+    return model_cache_dir(spec, home) / f"{variant}.onnx"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One variant as it is on disk."""
+
+    variant: Variant
+    path: Path
+    built: bool
+    seconds: float
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(spec: ModelSpec = MINILM, home: Path | None = None) -> dict[str, Any]:
+    """The manifest of a model's cache folder ({} when there is none or it is unreadable)."""
+    path = model_cache_dir(spec, home) / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".manifest-", suffix=".tmp", delete=False) as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        tmp = Path(fh.name)
+    os.replace(tmp, path)
+
+
+def is_fresh(variant: Variant, spec: ModelSpec = MINILM, home: Path | None = None) -> bool:
+    """True when the cached variant exists and matches the current weights and builder version."""
+    path = artefact_path(variant, spec, home)
+    manifest = read_manifest(spec, home)
+    entry = manifest.get("variants", {}).get(variant)
+    return bool(
+        path.is_file()
+        and entry
+        and manifest.get("weights_sha256") == weights_sha256(spec)
+        and manifest.get("builder_version") == BUILDER_VERSION
+        and entry.get("bytes") == path.stat().st_size
+    )
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".build.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Silence the chatty warnings of onnxruntime's optimizer and quantizer while building."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Operator counts of a graph, contrib ops prefixed with their domain."""
+    counts = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def _ensure_ms_opset(model: onnx.ModelProto) -> None:
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+
+
+def build_fp32(spec: ModelSpec = MINILM) -> onnx.ModelProto:
+    """The fused fp32 graph, from the shipped weights."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    from models.graph import build_graph
+
+    raw = build_graph(load_weights(spec), spec)
+    options = FusionOptions("bert")
+    options.enable_shape_inference = False  # symbolic shape inference would need sympy; fusions do not
+    with _quiet("onnxruntime.transformers", "root"):
+        optimized = optimizer.optimize_model(
+            raw,
+            model_type="bert",
+            num_heads=spec.num_heads,
+            hidden_size=spec.hidden_size,
+            opt_level=0,
+            optimization_options=options,
+        )
+    model = optimized.model
+    _ensure_ms_opset(model)
+    counts = op_counts(model)
+    expected = {"com.microsoft.Attention": spec.num_layers, "com.microsoft.BiasGelu": spec.num_layers}
+    missing = {k: v for k, v in expected.items() if counts.get(k, 0) != v}
+    if missing:
+        raise ModelError(f"onnxruntime fusions did not apply as expected: wanted {missing}, graph has {counts}")
+    return model
+
+
+def quantize_int8(fp32_path: Path, out_path: Path) -> None:
+    """Dynamic int8 quantisation: per-channel symmetric int8 weights for MatMul and Attention."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet("root", "onnxruntime.quantization"):
+        quantize_dynamic(
+            fp32_path,
+            out_path,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
+def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and compute with float32 inputs/outputs kept, for the CUDA provider."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    _ensure_ms_opset(converted)
+    return converted
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_suffix(".onnx.tmp")
+    onnx.save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- public
+
+
+def build_variants(
+    variants: Sequence[Variant] = CPU_VARIANTS,
+    spec: ModelSpec = MINILM,
+    home: Path | None = None,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[Variant, BuildResult]:
+    """Make sure each variant is built and fresh; build what is missing or stale (all of them with ``force``)."""
+    say = progress or (lambda _msg: None)
+    for v in variants:
+        if v not in VARIANTS:
+            raise ModelError(f"unknown variant {v!r}; known: {VARIANTS}")
+    directory = model_cache_dir(spec, home)
+    sha = weights_sha256(spec)
+    if spec.weights_sha256 and sha != spec.weights_sha256:
+        raise WeightsMismatch(f"{spec.name}: shipped weights sha256 {sha} != pinned {spec.weights_sha256}")
+
+    results: dict[Variant, BuildResult] = {}
+    with _build_lock(directory):
+        manifest = read_manifest(spec, home)
+        if manifest.get("weights_sha256") != sha or manifest.get("builder_version") != BUILDER_VERSION:
+            manifest = {"variants": {}}
+        manifest.update(model=spec.name, weights_sha256=sha, builder_version=BUILDER_VERSION)
+        entries: dict[str, Any] = manifest.setdefault("variants", {})
+
+        fp32_model: onnx.ModelProto | None = None
+        needs = [v for v in variants if force or not is_fresh(v, spec, home)]
+        # int8 and fp16 start from fp32: rebuild fp32 first when it is stale too.
+        if any(v in needs for v in ("int8", "fp16")) and not is_fresh("fp32", spec, home) and "fp32" not in needs:
+            needs.insert(0, "fp32")
+        for v in VARIANTS:
+            if v not in needs:
+                continue
+            path = artefact_path(v, spec, home)
+            say(f"building {spec.name} {v}")
+            start = time.perf_counter()
+            if v == "fp32":
+                fp32_model = build_fp32(spec)
+                _save(fp32_model, path)
+                counts = op_counts(fp32_model)
+            elif v == "int8":
+                tmp = path.with_suffix(".onnx.tmp")
+                quantize_int8(artefact_path("fp32", spec, home), tmp)
+                os.replace(tmp, path)
+                counts = op_counts(onnx.load_model(str(path), load_external_data=False))
+            else:
+                base = fp32_model or onnx.load_model(str(artefact_path("fp32", spec, home)))
+                fp16 = convert_fp16(base)
+                _save(fp16, path)
+                counts = op_counts(fp16)
+            seconds = time.perf_counter() - start
+            entries[v] = {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "build_seconds": round(seconds, 3),
+                "ops": counts,
+            }
+            _write_json_atomic(directory / "manifest.json", manifest)
+            results[v] = BuildResult(v, path, True, seconds, entries[v])
+            say(f"built {spec.name} {v} in {seconds:.1f}s ({entries[v]['bytes'] / 1e6:.1f} MB)")
+        for v in variants:
+            if v not in results:
+                results[v] = BuildResult(v, artefact_path(v, spec, home), False, 0.0, entries.get(v, {}))
+    return {v: results[v] for v in variants}
+
+
+def ensure_model(
+    variant: Variant = "fp32", spec: ModelSpec = MINILM, home: Path | None = None, *, progress: ProgressFn | None = None
+) -> Path:
+    """The path of a fresh artefact, building it (and what it depends on) first when needed."""
+    if is_fresh(variant, spec, home):
+        return artefact_path(variant, spec, home)
+    return build_variants([variant], spec, home, progress=progress)[variant].path
