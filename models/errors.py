@@ -17,5 +17,5 @@ class WeightsMismatch(ModelError):
     """The shipped weights are not the ones this build was written for."""
 
 
-class ProviderUnavailable(ModelError):
+class ExecutionProviderUnavailable(ModelError):
     """An execution provider was asked for but is not the one onnxruntime actually uses."""

@@ -1,0 +1,166 @@
+"""``Embedder``: texts in, L2-normalised sentence embeddings out, on a pooled onnxruntime session.
+
+``embed`` is synchronous; ``embed_async`` runs it in a thread executor (one worker by default, so
+concurrent calls queue instead of oversubscribing the cores onnxruntime already uses). Texts of one call are
+sorted by token count and run in chunks of at most ``max_batch_size``, each padded to its longest text (or to
+its length bucket on CUDA, where fewer distinct shapes pay off), then put back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from models.build import Variant, ensure_model
+from models.pool import ModelPool
+from models.session import Device, EncoderSession, ProviderReport, create_session, nvidia_device_present
+from models.tokenize import DEFAULT_BUCKETS, TextTokenizer, pad_ids
+from models.weights import MINILM, ModelSpec
+
+DEFAULT_POOL_BUDGET = 1 << 30
+log = logging.getLogger(__name__)
+MODELS_BY_NAME: dict[str, ModelSpec] = {MINILM.name: MINILM}
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """What identifies one pooled session."""
+
+    model: str
+    variant: Variant
+    device: Device
+    threads: int
+    home: str
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's spec."""
+        return MODELS_BY_NAME[self.model]
+
+
+def _load(key: SessionKey) -> EncoderSession:
+    path = ensure_model(key.variant, key.spec, Path(key.home))
+    session = create_session(path, key.device, intra_op_threads=key.threads or None)
+    if session.report.fell_back:
+        log.warning("%s %s: %s", key.model, key.variant, session.report.note)
+    return session
+
+
+def _size(key: SessionKey) -> int:
+    return ensure_model(key.variant, key.spec, Path(key.home)).stat().st_size
+
+
+_default_pool: ModelPool[SessionKey, EncoderSession] | None = None
+_pool_lock = threading.Lock()
+
+
+def session_pool(budget_bytes: int = DEFAULT_POOL_BUDGET) -> ModelPool[SessionKey, EncoderSession]:
+    """The process-wide pool of encoder sessions (created on first use with ``budget_bytes``)."""
+    global _default_pool  # noqa: PLW0603 - one pool per process by design
+    with _pool_lock:
+        if _default_pool is None:
+            _default_pool = ModelPool(budget_bytes, _load, _size, warm_up=lambda s: s.warm_up())
+        return _default_pool
+
+
+class Embedder:
+    """Sentence embeddings from a local ONNX encoder."""
+
+    def __init__(
+        self,
+        variant: Variant | Literal["auto"] = "auto",
+        device: Device = "auto",
+        *,
+        spec: ModelSpec = MINILM,
+        home: Path | None = None,
+        max_batch_size: int = 64,
+        max_length: int = 512,
+        pad_to_buckets: bool | None = None,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        intra_op_threads: int | None = None,
+        pool: ModelPool[SessionKey, EncoderSession] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        from models.build import models_home
+
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        MODELS_BY_NAME.setdefault(spec.name, spec)
+        self.spec = spec
+        self.home = models_home(home).parent
+        self.device: Device = device
+        self.variant: Variant = self._pick_variant(variant, device)
+        self.max_batch_size = max_batch_size
+        self.buckets = tuple(buckets)
+        self._pad_to_buckets = pad_to_buckets
+        self._threads = intra_op_threads or 0
+        self._pool = pool or session_pool()
+        self._executor = executor
+        self._own_executor: ThreadPoolExecutor | None = None
+        self.tokenizer = TextTokenizer(spec, max_length=max_length)
+
+    @staticmethod
+    def _pick_variant(variant: Variant | Literal["auto"], device: Device) -> Variant:
+        if variant != "auto":
+            return variant
+        gpu = device == "cuda" or (device == "auto" and nvidia_device_present())
+        return "fp16" if gpu else "fp32"
+
+    @property
+    def dim(self) -> int:
+        """Width of an embedding."""
+        return self.spec.hidden_size
+
+    @property
+    def session(self) -> EncoderSession:
+        """The pooled session (loaded, warmed up and built first when needed)."""
+        return self._pool.get(SessionKey(self.spec.name, self.variant, self.device, self._threads, str(self.home)))
+
+    @property
+    def report(self) -> ProviderReport:
+        """Which provider really runs this embedder's model."""
+        return self.session.report
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), dim], rows L2-normalised, in the order of ``texts``."""
+        if isinstance(texts, str):
+            raise TypeError("embed takes a list of texts, not one string")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        session = self.session
+        ids = self.tokenizer.encode(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        buckets = self.buckets if self._use_buckets(session) else None
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start : start + self.max_batch_size]
+            out[chunk] = session.run(pad_ids([ids[i] for i in chunk], buckets=buckets))
+        return out
+
+    def _use_buckets(self, session: EncoderSession) -> bool:
+        return session.report.on_cuda if self._pad_to_buckets is None else self._pad_to_buckets
+
+    async def embed_async(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` in the executor, so the event loop stays free."""
+        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), self.embed, list(texts))
+
+    def _get_executor(self) -> Executor:
+        if self._executor is not None:
+            return self._executor
+        if self._own_executor is None:
+            self._own_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        return self._own_executor
+
+    def close(self) -> None:
+        """Shut down the executor this embedder made (a pooled session stays in its pool)."""
+        if self._own_executor is not None:
+            self._own_executor.shutdown(wait=True)
+            self._own_executor = None
