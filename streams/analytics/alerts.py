@@ -1,0 +1,342 @@
+"""The alert rule engine: pure, clock-injected, fed with windowed aggregates, emits ``Alert``s.
+
+Rules (thresholds in ``AlertRules``):
+
+* ``provider_error_rate``       errors / requests over the window > 5 % (per provider)
+* ``provider_p95_latency``      p95 latency over the window > 3 s (per provider)
+* ``provider_cost_per_request`` cost / requests over the window > $0.01 (per provider)
+* ``provider_unhealthy``        the provider's circuit is open / half-open (health events)
+* ``tenant_budget``             spend past 80 % (warning) / 100 % (critical) of the tenant's budget
+
+Lifecycle per (rule, subject), ``alert_id = "<rule>:<subject>"`` (stable across workers):
+the condition must hold ``warn_after`` (5 min) before a *warning* fires, and ``critical_after``
+(2 min) more before it escalates to *critical*; budget alerts take their severity from the level
+crossed and fire at once. Each transition is emitted once (dedup). When the condition clears
+(for ``resolve_after``), a *resolved* alert is emitted and a ``cooldown`` starts during which
+the same alert cannot fire again. Providers with fewer than ``min_requests`` in the window are
+not judged on rates.
+
+``UsageWindow`` turns a stream of ``UsageEvent``/``ProviderHealth`` into the ``Snapshot`` the
+engine evaluates; ``snapshot_from_store`` builds one from ClickHouse instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from schemas.alert import Alert, AlertSeverity
+from schemas.base import utc_now
+from schemas.health import ProviderHealth
+from schemas.usage import UsageEvent
+
+if TYPE_CHECKING:
+    from streams.analytics.client import Reader
+
+Clock = Callable[[], datetime]
+_RANK: dict[str | None, int] = {None: 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """How long a condition must hold to fire and escalate, and how resolution behaves."""
+
+    warn_after: timedelta = timedelta(minutes=5)
+    critical_after: timedelta = timedelta(minutes=2)
+    resolve_after: timedelta = timedelta(0)
+    cooldown: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """Thresholds and escalation; ``escalations`` overrides ``escalation`` per rule name."""
+
+    error_rate: float = 0.05
+    p95_latency_ms: float = 3000.0
+    cost_per_request_usd: float = 0.01
+    budget_warning: float = 0.8
+    budget_critical: float = 1.0
+    min_requests: int = 20
+    escalation: Escalation = Escalation()
+    escalations: Mapping[str, Escalation] = field(default_factory=dict)
+
+    def for_rule(self, rule: str) -> Escalation:
+        """The escalation policy of one rule."""
+        return self.escalations.get(rule, self.escalation)
+
+
+@dataclass(frozen=True)
+class ProviderStats:
+    """One provider's aggregates over the evaluation window."""
+
+    provider: str
+    requests: int
+    errors: int = 0
+    p95_latency_ms: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the rules look at, at one instant."""
+
+    providers: Mapping[str, ProviderStats] = field(default_factory=dict)
+    unhealthy: Mapping[str, str] = field(default_factory=dict)  # provider -> reason
+    spend_usd: Mapping[str, float] = field(default_factory=dict)  # tenant -> spend this budget period
+    budgets_usd: Mapping[str, float] = field(default_factory=dict)  # tenant -> budget
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A rule that currently holds for a subject."""
+
+    rule: str
+    subject: str
+    value: float
+    threshold: float
+    message: str
+    severity: AlertSeverity | None = None  # fixed severity (budgets); None: escalate by time
+
+
+@dataclass
+class _State:
+    since: datetime
+    severity: AlertSeverity | None = None
+    condition: Condition | None = None
+    cleared_since: datetime | None = None
+
+
+def conditions(snapshot: Snapshot, rules: AlertRules) -> list[Condition]:
+    """The rule conditions that hold in ``snapshot``."""
+    out: list[Condition] = []
+    for name, stats in sorted(snapshot.providers.items()):
+        if stats.requests >= rules.min_requests:
+            rate = stats.errors / stats.requests
+            if rate > rules.error_rate:
+                out.append(
+                    Condition(
+                        "provider_error_rate",
+                        name,
+                        rate,
+                        rules.error_rate,
+                        f"{name}: error rate {rate:.1%} over {stats.requests} requests (> {rules.error_rate:.0%})",
+                    )
+                )
+            per_request = stats.cost_usd / stats.requests
+            if per_request > rules.cost_per_request_usd:
+                out.append(
+                    Condition(
+                        "provider_cost_per_request",
+                        name,
+                        per_request,
+                        rules.cost_per_request_usd,
+                        f"{name}: ${per_request:.4f} per request (> ${rules.cost_per_request_usd:.4f})",
+                    )
+                )
+            if stats.p95_latency_ms > rules.p95_latency_ms:
+                out.append(
+                    Condition(
+                        "provider_p95_latency",
+                        name,
+                        stats.p95_latency_ms,
+                        rules.p95_latency_ms,
+                        f"{name}: p95 latency {stats.p95_latency_ms / 1000:.2f} s "
+                        f"(> {rules.p95_latency_ms / 1000:.2f} s)",
+                    )
+                )
+    for name, reason in sorted(snapshot.unhealthy.items()):
+        out.append(Condition("provider_unhealthy", name, 1.0, 0.0, f"{name}: failing health checks ({reason})"))
+    for tenant, budget in sorted(snapshot.budgets_usd.items()):
+        if budget <= 0:
+            continue
+        ratio = snapshot.spend_usd.get(tenant, 0.0) / budget
+        for level, severity in ((rules.budget_critical, "critical"), (rules.budget_warning, "warning")):
+            if ratio >= level:
+                out.append(
+                    Condition(
+                        "tenant_budget",
+                        tenant,
+                        ratio,
+                        level,
+                        f"tenant {tenant}: {ratio:.0%} of its ${budget:,.2f} budget spent (>= {level:.0%})",
+                        severity=severity,  # type: ignore[arg-type]
+                    )
+                )
+                break
+    return out
+
+
+class AlertEngine:
+    """Evaluates snapshots and emits alert state changes. Not thread-safe; one per alerting agent."""
+
+    def __init__(self, rules: AlertRules | None = None, *, clock: Clock = utc_now) -> None:
+        self.rules = rules or AlertRules()
+        self.clock = clock
+        self._states: dict[tuple[str, str], _State] = {}
+        self._cooldown_until: dict[tuple[str, str], datetime] = {}
+
+    @property
+    def firing(self) -> dict[str, AlertSeverity]:
+        """alert_id -> severity of every alert currently firing."""
+        return {f"{r}:{s}": st.severity for (r, s), st in self._states.items() if st.severity is not None}
+
+    def evaluate(self, snapshot: Snapshot) -> list[Alert]:
+        """Apply one snapshot at ``clock()``; return the transitions (fired, escalated, resolved)."""
+        now = self.clock()
+        emitted: list[Alert] = []
+        active = {(c.rule, c.subject): c for c in conditions(snapshot, self.rules)}
+        for key, cond in active.items():
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _State(since=now)
+            state.condition = cond
+            state.cleared_since = None
+            target = self._target(key, state, cond, now)
+            if _RANK[target] > _RANK[state.severity]:
+                state.severity = target
+                emitted.append(self._alert(key, state, cond, "firing", now))
+        for key in [k for k in self._states if k not in active]:
+            state = self._states[key]
+            if state.severity is None:
+                del self._states[key]  # pending only: never fired, nothing to resolve
+                continue
+            esc = self.rules.for_rule(key[0])
+            state.cleared_since = state.cleared_since or now
+            if now - state.cleared_since >= esc.resolve_after:
+                assert state.condition is not None
+                emitted.append(self._alert(key, state, state.condition, "resolved", now))
+                self._cooldown_until[key] = now + esc.cooldown
+                del self._states[key]
+        return emitted
+
+    def _target(self, key: tuple[str, str], state: _State, cond: Condition, now: datetime) -> AlertSeverity | None:
+        if state.severity is None and now < self._cooldown_until.get(key, now):
+            return None  # cooling down after a resolution: do not re-fire yet
+        if cond.severity is not None:
+            return cond.severity
+        esc = self.rules.for_rule(cond.rule)
+        held = now - state.since
+        if held >= esc.warn_after + esc.critical_after:
+            return "critical"
+        if held >= esc.warn_after:
+            return "warning"
+        return None
+
+    def _alert(
+        self, key: tuple[str, str], state: _State, cond: Condition, status: Literal["firing", "resolved"], now: datetime
+    ) -> Alert:
+        assert state.severity is not None
+        message = cond.message if status == "firing" else f"resolved: {cond.message}"
+        return Alert(
+            alert_id=f"{key[0]}:{key[1]}",
+            rule=key[0],
+            subject=key[1],
+            severity=state.severity,
+            status=status,
+            value=float(cond.value),
+            threshold=float(cond.threshold),
+            message=message,
+            started_at=state.since,
+            ts=now,
+        )
+
+
+def _p95(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(math.ceil(0.95 * len(ordered)) - 1, 0)]
+
+
+class UsageWindow:
+    """Sliding-window aggregates over usage and health events, deduplicated by event_id."""
+
+    def __init__(self, window: timedelta = timedelta(minutes=5), *, clock: Clock = utc_now) -> None:
+        self.window = window
+        self.clock = clock
+        self._events: deque[UsageEvent] = deque()
+        self._seen: set[str] = set()
+        self._health: dict[str, ProviderHealth] = {}
+
+    def add(self, event: UsageEvent) -> None:
+        """Count one usage event (a replay of one still in the window is ignored)."""
+        if event.event_id in self._seen:
+            return
+        self._seen.add(event.event_id)
+        self._events.append(event)
+
+    def add_health(self, event: ProviderHealth) -> None:
+        """Track a provider's latest circuit state."""
+        current = self._health.get(event.provider)
+        if current is None or event.ts >= current.ts:
+            self._health[event.provider] = event
+
+    def _prune(self, now: datetime) -> None:
+        horizon = now - self.window
+        while self._events and self._events[0].ts < horizon:
+            self._seen.discard(self._events.popleft().event_id)
+
+    def snapshot(
+        self, *, spend_usd: Mapping[str, float] | None = None, budgets_usd: Mapping[str, float] | None = None
+    ) -> Snapshot:
+        """The aggregates of the last ``window`` (events are assumed to arrive roughly in time order)."""
+        now = self.clock()
+        self._prune(now)
+        requests: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        cost: dict[str, float] = {}
+        latency: dict[str, list[float]] = {}
+        for e in self._events:
+            requests[e.provider] = requests.get(e.provider, 0) + 1
+            errors[e.provider] = errors.get(e.provider, 0) + (e.status == "error")
+            cost[e.provider] = cost.get(e.provider, 0.0) + e.cost_usd
+            if e.status != "cached":
+                latency.setdefault(e.provider, []).append(e.latency_ms)
+        providers = {p: ProviderStats(p, n, errors[p], _p95(latency.get(p, [])), cost[p]) for p, n in requests.items()}
+        unhealthy = {
+            p: h.reason or f"circuit {h.state}" for p, h in self._health.items() if h.state in ("open", "half_open")
+        }
+        return Snapshot(providers, unhealthy, dict(spend_usd or {}), dict(budgets_usd or {}))
+
+
+def snapshot_from_store(
+    reader: Reader,
+    *,
+    now: datetime,
+    window: timedelta = timedelta(minutes=5),
+    budget_period_start: datetime | None = None,
+    budgets_usd: Mapping[str, float] | None = None,
+    unhealthy: Mapping[str, str] | None = None,
+    database: str = "aifleet",
+) -> Snapshot:
+    """A snapshot computed in ClickHouse (deduplicated): provider window stats and tenant spend."""
+    from streams.analytics.reports import provider_window, tenant_spend
+
+    rows = provider_window(reader, now - window, now, database=database)
+    providers = {
+        str(r["provider"]): ProviderStats(
+            str(r["provider"]), int(r["requests"]), int(r["errors"]), float(r["p95_ms"]), float(r["cost_usd"])
+        )
+        for r in rows
+    }
+    spend: dict[str, float] = {}
+    if budget_period_start is not None:
+        spend = {t: float(c) for t, c in tenant_spend(reader, budget_period_start, database=database).items()}
+    return Snapshot(providers, dict(unhealthy or {}), spend, dict(budgets_usd or {}))
+
+
+__all__ = [
+    "AlertEngine",
+    "AlertRules",
+    "Condition",
+    "Escalation",
+    "ProviderStats",
+    "Snapshot",
+    "UsageWindow",
+    "conditions",
+    "snapshot_from_store",
+]

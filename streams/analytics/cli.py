@@ -1,0 +1,178 @@
+"""``aifleet analytics ...``: migrate, report, seed, bench. The typer app is ``app``."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from streams.analytics.errors import AnalyticsError
+
+app = typer.Typer(help="Usage analytics on ClickHouse (chDB embedded or a server).", no_args_is_help=True)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from streams.settings import get_settings
+
+    return get_settings()
+
+
+def _fail(exc: AnalyticsError) -> typer.Exit:
+    typer.echo(f"error: {exc.message}", err=True)
+    return typer.Exit(code=75 if exc.retryable else 2)
+
+
+@app.command()
+def migrate(
+    ttl_days: Annotated[int, typer.Option(help="Days usage events and prompts are kept.")] = 90,
+    rollup_ttl_days: Annotated[int, typer.Option(help="Days rollups and alerts are kept.")] = 730,
+    print_sql: Annotated[bool, typer.Option("--print", help="Print the rendered SQL and apply nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Re-run every (idempotent) migration.")] = False,
+) -> None:
+    """Apply pending schemas/clickhouse migrations (ON CLUSTER when settings.clickhouse.cluster is set)."""
+    from streams.analytics import migrate as m
+    from streams.analytics.client import create_client
+
+    settings = _settings()
+    options = m.RenderOptions.from_settings(settings.clickhouse, ttl_days=ttl_days, rollup_ttl_days=rollup_ttl_days)
+    if print_sql:
+        typer.echo(m.render_all(options))
+        return
+    try:
+        client = create_client(settings.clickhouse, home=settings.home)
+        try:
+            applied = m.migrate(client, options, force=force)
+        finally:
+            client.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"applied: {', '.join(f'{v:03d}' for v in applied)}" if applied else "up to date")
+
+
+@app.command()
+def report(
+    kind: Annotated[str, typer.Argument(help="cost, latency, errors or cache")],
+    since: Annotated[str, typer.Option(help="7d, 24h, 30m, 2w or an ISO date/time")] = "7d",
+    until: Annotated[str | None, typer.Option(help="End (ISO date/time); default now")] = None,
+    by: Annotated[str | None, typer.Option(help="Comma list from: tenant,provider,model,tier,kind,...")] = None,
+    tenant: Annotated[list[str] | None, typer.Option(help="Only these tenants (repeatable)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout")] = None,
+) -> None:
+    """Print a usage report (reads through the sink's query endpoint when chDB is owned elsewhere)."""
+    from datetime import UTC, datetime
+
+    from streams.analytics import reports as r
+    from streams.analytics.client import open_reader
+
+    settings = _settings()
+    try:
+        if fmt not in r.FORMATS:
+            raise r.InvalidReportRequest(f"unknown format {fmt!r}; choose from {', '.join(r.FORMATS)}")
+        now = datetime.now(UTC)
+        request = r.ReportRequest(
+            kind=kind,
+            since=r.parse_since(since, now=now),
+            until=r.parse_since(until, now=now) if until else now,
+            by=r.parse_by(by),
+            tenants=tuple(tenant or ()),
+        )
+        reader = open_reader(settings.clickhouse, home=settings.home)
+        try:
+            result = r.run_report(reader, request, database=settings.clickhouse.database)
+            text = r.render(result, fmt, reader, database=settings.clickhouse.database)
+        finally:
+            reader.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    if output:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+def seed(
+    events: Annotated[int, typer.Option(help="How many synthetic usage events")] = 100_000,
+    days: Annotated[int, typer.Option(help="Spread them over this many days up to now")] = 7,
+    batch: Annotated[int, typer.Option(help="Events per insert")] = 10_000,
+    seed_value: Annotated[int, typer.Option("--seed", help="RNG seed (same seed: same event ids)")] = 0,
+) -> None:
+    """Generate synthetic usage events into the store (idempotent per seed), with a progress bar."""
+    from datetime import timedelta
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streams.analytics.bench import seed as do_seed
+    from streams.analytics.client import create_client
+    from streams.analytics.migrate import RenderOptions
+    from streams.analytics.migrate import migrate as do_migrate
+    from streams.analytics.sink import UsageSink
+
+    settings = _settings()
+    try:
+        client = create_client(settings.clickhouse, home=settings.home)
+        try:
+            do_migrate(client, RenderOptions.from_settings(settings.clickhouse))
+            sink = UsageSink(settings.clickhouse, client=client)
+            columns = (TextColumn("seeding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns) as progress:
+                task = progress.add_task("seed", total=events)
+                spent = do_seed(
+                    sink,
+                    events,
+                    batch_size=batch,
+                    seed_value=seed_value,
+                    span=timedelta(days=days),
+                    progress=lambda k: progress.advance(task, k),
+                )
+        finally:
+            client.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    rate = events / spent if spent else 0.0
+    typer.echo(
+        f"seeded {sink.stats.inserted} new events ({sink.stats.duplicates} already stored); {rate:,.0f} events/s"
+    )
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Synthetic events to ingest")] = 1_000_000,
+    batch: Annotated[int, typer.Option(help="Events per sink write")] = 10_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    data_path: Annotated[Path | None, typer.Option(help="chDB path (default: a fresh temporary one)")] = None,
+) -> None:
+    """Ingest rate and cost-report query time over N events (chDB: a scratch store, not yours)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.analytics.bench import run_bench
+
+    settings = _settings()
+    ch = settings.clickhouse
+    scratch = None
+    if ch.backend == "chdb" and data_path is None:
+        scratch = tempfile.TemporaryDirectory(prefix="aifleet-bench-")
+        data_path = Path(scratch.name)
+    try:
+        result = run_bench(ch, events=events, batch_size=batch, data_path=data_path)
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    if as_json:
+        typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"aifleet analytics bench ({result.backend})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.as_dict().items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
+    Console().print(table)
