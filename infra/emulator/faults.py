@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Fault = Literal["ok", "status", "rate_limit", "hang", "malformed", "disconnect", "stream_error"]
+_FAULTS = frozenset(Fault.__args__)  # type: ignore[attr-defined]
 
 
 class FaultProfile(BaseModel):
@@ -39,12 +40,25 @@ class FaultProfile(BaseModel):
     blocked_words: list[str] = Field(
         default_factory=list, description="Prompts containing one of these get the wire format's content-filter reply."
     )
+    script: list[str] = Field(
+        default_factory=list,
+        description="Faults for the next calls, in order, before random draws resume: a fault name "
+        "('ok', 'rate_limit', 'hang', 'malformed', 'disconnect', 'stream_error') or an HTTP status ('503').",
+    )
     down: bool = False
 
-    def draw(self, rng: random.Random) -> tuple[Fault, int]:
-        """Pick what happens to the next call: (fault, http status)."""
+    def draw(self, rng: random.Random, call_index: int = 0) -> tuple[Fault, int]:
+        """Pick what happens to the next call: (fault, http status). ``call_index`` counts this
+        provider's calls since the profile was set (0-based), to play the ``script``."""
         if self.down:
             return "status", 503
+        if call_index < len(self.script):
+            step = self.script[call_index]
+            if step.isdigit():
+                return "status", int(step)
+            if step not in _FAULTS:
+                raise ValueError(f"unknown scripted fault {step!r}")
+            return step, 429 if step == "rate_limit" else 200  # type: ignore[return-value]
         x = rng.random()
         for status, rate in sorted(self.error_rates.items()):
             if x < rate:

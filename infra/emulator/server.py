@@ -42,6 +42,7 @@ class EmulatorState:
     seed: int = 0
     default_latency_ms: float = 0.0
     calls: Counter[str] = field(default_factory=Counter)
+    profile_calls: Counter[str] = field(default_factory=Counter)
     calls_by_request: Counter[str] = field(default_factory=Counter)
     input_tokens: Counter[str] = field(default_factory=Counter)
     output_tokens: Counter[str] = field(default_factory=Counter)
@@ -51,6 +52,11 @@ class EmulatorState:
 
     def profile(self, provider: str) -> FaultProfile:
         return self.profiles.get(provider) or FaultProfile(latency_ms=self.default_latency_ms)
+
+    def set_profile(self, provider: str, profile: FaultProfile) -> None:
+        """Install a provider's profile; its ``script`` plays from the next call."""
+        self.profiles[provider] = profile
+        self.profile_calls[provider] = 0
 
     def bill(self, provider: str, input_tokens: int, output_tokens: int) -> None:
         """Count the tokens a reply reported (only replies that delivered their usage)."""
@@ -176,7 +182,8 @@ async def _apply_fault(
     if req_id:
         state.calls_by_request[req_id] += 1
     profile = state.profile(provider)
-    fault, status = profile.draw(state.rng)
+    fault, status = profile.draw(state.rng, state.profile_calls[provider])
+    state.profile_calls[provider] += 1
     delay = profile.latency_s(state.rng)
     if delay:
         await asyncio.sleep(delay)
@@ -599,13 +606,14 @@ async def stats(request: web.Request) -> web.Response:
 async def set_profile(request: web.Request) -> web.Response:
     state = request.app[STATE]
     profile = FaultProfile.model_validate_json(await request.read())
-    state.profiles[request.match_info["provider"]] = profile
+    state.set_profile(request.match_info["provider"], profile)
     return _json({"ok": True, "provider": request.match_info["provider"], "profile": profile.model_dump()})
 
 
 async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.calls.clear()
+    state.profile_calls.clear()
     state.calls_by_request.clear()
     state.input_tokens.clear()
     state.output_tokens.clear()
