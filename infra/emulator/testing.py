@@ -5,12 +5,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestServer
 
 from infra.emulator.faults import FaultProfile
 from infra.emulator.server import STATE, EmulatorState, create_app
+from streams.catalog import Catalog, load_catalog
+
+_CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+def test_catalog() -> Catalog:
+    """The shipped catalog plus the proposed entries of ``providers.example.toml`` (until they are merged)."""
+    providers = {}
+    for name in ("providers.example.toml", "aifleet.toml"):
+        path = _CONFIG / name
+        if path.exists():
+            providers.update(load_catalog(path).providers)
+    return Catalog(providers=providers)
+
+
+test_catalog.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 @dataclass
