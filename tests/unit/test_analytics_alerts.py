@@ -1,0 +1,188 @@
+"""The alert rule engine: escalation, dedup, resolution, cool-down, windows (injected clock)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from schemas.health import ProviderHealth
+from schemas.usage import UsageEvent
+from streams.analytics.alerts import (
+    AlertEngine,
+    AlertRules,
+    Escalation,
+    ProviderStats,
+    Snapshot,
+    UsageWindow,
+    conditions,
+)
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+def failing(rate: float = 0.10, requests: int = 100) -> Snapshot:
+    return Snapshot(providers={"openai": ProviderStats("openai", requests, int(requests * rate))})
+
+
+HEALTHY = Snapshot(providers={"openai": ProviderStats("openai", 100, 1)})
+
+
+def test_error_rate_escalates_warning_then_critical_then_resolves() -> None:
+    clock = Clock()
+    engine = AlertEngine(clock=clock)
+    assert engine.evaluate(failing()) == []  # condition starts: pending, nothing yet
+    clock.advance(minutes=4, seconds=59)
+    assert engine.evaluate(failing()) == []
+    clock.advance(seconds=1)  # held 5 minutes
+    [warning] = engine.evaluate(failing())
+    assert (warning.rule, warning.subject, warning.severity, warning.status) == (
+        "provider_error_rate",
+        "openai",
+        "warning",
+        "firing",
+    )
+    assert warning.alert_id == "provider_error_rate:openai"
+    assert warning.started_at == T0 and warning.ts == clock.now
+    assert warning.value == 0.10 and warning.threshold == 0.05
+    clock.advance(minutes=1)
+    assert engine.evaluate(failing()) == []  # dedup: still warning, nothing new
+    clock.advance(minutes=1)  # 5 + 2 minutes
+    [critical] = engine.evaluate(failing())
+    assert critical.severity == "critical" and critical.status == "firing" and critical.started_at == T0
+    clock.advance(minutes=3)
+    assert engine.evaluate(failing()) == []
+    assert engine.firing == {"provider_error_rate:openai": "critical"}
+    clock.advance(minutes=1)
+    [resolved] = engine.evaluate(HEALTHY)
+    assert resolved.status == "resolved" and resolved.severity == "critical"
+    assert resolved.alert_id == critical.alert_id and resolved.message.startswith("resolved:")
+    assert engine.firing == {}
+    assert engine.evaluate(HEALTHY) == []
+
+
+def test_flapping_condition_never_fires_and_pending_resets() -> None:
+    clock = Clock()
+    engine = AlertEngine(clock=clock)
+    for _ in range(10):
+        assert engine.evaluate(failing()) == []
+        clock.advance(minutes=3)
+        assert engine.evaluate(HEALTHY) == []  # cleared before 5 min: the clock restarts
+        clock.advance(minutes=1)
+
+
+def test_cooldown_blocks_refire_then_allows_it() -> None:
+    clock = Clock()
+    rules = AlertRules(escalation=Escalation(warn_after=timedelta(minutes=1), cooldown=timedelta(minutes=10)))
+    engine = AlertEngine(rules, clock=clock)
+    engine.evaluate(failing())
+    clock.advance(minutes=1)
+    assert [a.status for a in engine.evaluate(failing())] == ["firing"]
+    clock.advance(minutes=1)
+    assert [a.status for a in engine.evaluate(HEALTHY)] == ["resolved"]
+    clock.advance(minutes=1)
+    engine.evaluate(failing())
+    clock.advance(minutes=5)  # holds long enough, but inside the cool-down
+    assert engine.evaluate(failing()) == []
+    clock.advance(minutes=4)  # cool-down over (10 min after resolution)
+    [again] = engine.evaluate(failing())
+    assert again.status == "firing" and again.severity == "critical"  # it has held > 1 + 2 minutes
+    assert again.started_at == T0 + timedelta(minutes=3)
+
+
+def test_resolve_after_requires_the_clear_to_hold() -> None:
+    clock = Clock()
+    rules = AlertRules(
+        escalation=Escalation(
+            warn_after=timedelta(0), critical_after=timedelta(hours=1), resolve_after=timedelta(minutes=2)
+        )
+    )
+    engine = AlertEngine(rules, clock=clock)
+    assert [a.severity for a in engine.evaluate(failing())] == ["warning"]
+    clock.advance(minutes=1)
+    assert engine.evaluate(HEALTHY) == []  # clear starts
+    clock.advance(minutes=1)
+    assert engine.evaluate(failing()) == []  # back before 2 min: no resolution, no re-fire (dedup)
+    clock.advance(minutes=1)
+    assert engine.evaluate(HEALTHY) == []  # clear restarts
+    clock.advance(minutes=1)
+    assert engine.evaluate(HEALTHY) == []
+    clock.advance(minutes=1)
+    assert [a.status for a in engine.evaluate(HEALTHY)] == ["resolved"]
+
+
+def test_latency_cost_and_health_rules() -> None:
+    snap = Snapshot(
+        providers={
+            "slow": ProviderStats("slow", 50, 0, p95_latency_ms=3500.0, cost_usd=0.1),
+            "dear": ProviderStats("dear", 50, 0, p95_latency_ms=100.0, cost_usd=0.75),
+            "quiet": ProviderStats("quiet", 5, 5, p95_latency_ms=9000.0, cost_usd=5.0),  # under min_requests
+        },
+        unhealthy={"azure_openai": "circuit open"},
+    )
+    found = {(c.rule, c.subject) for c in conditions(snap, AlertRules())}
+    assert found == {
+        ("provider_p95_latency", "slow"),
+        ("provider_cost_per_request", "dear"),
+        ("provider_unhealthy", "azure_openai"),
+    }
+
+
+def test_budget_levels_fire_at_once_with_their_severity() -> None:
+    clock = Clock()
+    engine = AlertEngine(clock=clock)
+    budgets = {"acme": 100.0, "zeta": 50.0}
+    assert engine.evaluate(Snapshot(spend_usd={"acme": 79.0}, budgets_usd=budgets)) == []
+    [warn] = engine.evaluate(Snapshot(spend_usd={"acme": 80.0}, budgets_usd=budgets))
+    assert (warn.rule, warn.subject, warn.severity, warn.threshold) == ("tenant_budget", "acme", "warning", 0.8)
+    assert engine.evaluate(Snapshot(spend_usd={"acme": 90.0}, budgets_usd=budgets)) == []
+    [crit] = engine.evaluate(Snapshot(spend_usd={"acme": 101.0}, budgets_usd=budgets))
+    assert crit.severity == "critical" and crit.threshold == 1.0
+    clock.advance(days=1)  # a new budget period: spend back to zero
+    [resolved] = engine.evaluate(Snapshot(spend_usd={}, budgets_usd=budgets))
+    assert resolved.status == "resolved"
+
+
+def test_usage_window_aggregates_dedups_and_slides() -> None:
+    clock = Clock()
+    window = UsageWindow(timedelta(minutes=5), clock=clock)
+    for i in range(40):
+        event = UsageEvent(
+            event_id=f"r{i}:1",
+            request_id=f"r{i}",
+            tenant="acme",
+            provider="openai",
+            model="gpt-4o",
+            status="error" if i < 4 else "ok",
+            cost_usd=0.02,
+            latency_ms=float(i * 100),
+            ts=T0 - timedelta(minutes=6) + timedelta(seconds=i * 15),  # 10 s to 6 min ago... and into now
+        )
+        window.add(event)
+        window.add(event)  # a replay is ignored
+    window.add_health(ProviderHealth(provider="anthropic", state="open", reason="5 failures", ts=T0))
+    snap = window.snapshot(spend_usd={"acme": 1.0}, budgets_usd={"acme": 2.0})
+    stats = snap.providers["openai"]
+    # events 0..3 (errors) are older than 5 minutes and slid out; 36 remain (i = 4..39)
+    assert stats.requests == 36 and stats.errors == 0
+    assert abs(stats.cost_usd - 0.72) < 1e-9
+    assert stats.p95_latency_ms == 3800.0  # nearest-rank p95 of 400..3900
+    assert snap.unhealthy == {"anthropic": "5 failures"}
+    window.add_health(ProviderHealth(provider="anthropic", state="closed", ts=T0 + timedelta(seconds=1)))
+    assert window.snapshot().unhealthy == {}
+    # $0.02 per request and a 3.8 s p95 break their rules: conditions now, alerts only after 5 minutes.
+    assert {c.rule for c in conditions(snap, AlertRules())} == {
+        "provider_cost_per_request",
+        "provider_p95_latency",
+        "provider_unhealthy",
+    }
+    assert AlertEngine(clock=clock).evaluate(snap) == []

@@ -1,0 +1,256 @@
+"""Real chDB (no mocks): migrations, sink idempotency, report totals, formats, prompts, alerts table."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.alert import Alert
+from schemas.usage import UsageEvent
+from streams.analytics.client import ClientReader, create_client
+from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
+from streams.analytics.migrate import RenderOptions, applied_versions, migrate
+from streams.analytics.reports import ReportRequest, render, report, run_report
+from streams.analytics.sink import UsageSink
+from streams.settings import ClickHouseSettings
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def chdb_path() -> Iterator[Path]:
+    path = Path("/tmp/aifleet-analytics-tests") / f"store-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client(chdb_path: Path) -> Iterator[Any]:
+    c = create_client(ClickHouseSettings(data_path=chdb_path))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def store(client: Any, chdb_path: Path) -> tuple[ClickHouseSettings, Any]:
+    """A fresh, migrated database on the shared engine (one chDB path per process)."""
+    settings = ClickHouseSettings(data_path=chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
+    migrate(client, RenderOptions.from_settings(settings))
+    return settings, client
+
+
+def make_events(n: int, *, prefix: str = "req", cost: float = 0.0) -> list[UsageEvent]:
+    events = []
+    for i in range(n):
+        status = "error" if i % 10 == 0 else "cached" if i % 10 == 1 else "ok"
+        events.append(
+            UsageEvent(
+                event_id=f"{prefix}-{i}:1",
+                request_id=f"{prefix}-{i}",
+                tenant=f"tenant-{i % 3}",
+                provider=("openai", "anthropic")[i % 2],
+                model=("gpt-4o-mini", "claude-3-5-haiku")[i % 2],
+                status=status,
+                input_tokens=100 + i,
+                output_tokens=10 + i,
+                cost_usd=cost or round(0.000137 * (i % 17 + 1), 6),
+                saved_cost_usd=0.0005 if status == "cached" else 0.0,
+                latency_ms=100.0 + i,
+                ts=NOW - timedelta(minutes=i),
+            )
+        )
+    return events
+
+
+def scalar(client: Any, sql: str) -> Any:
+    return client.query(sql).result_rows[0][0]
+
+
+def test_migrations_apply_once_and_are_idempotent(client: Any, chdb_path: Path) -> None:
+    settings = ClickHouseSettings(data_path=chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
+    options = RenderOptions.from_settings(settings, ttl_days=30)
+    assert migrate(client, options) == [1, 2, 3, 4]
+    assert migrate(client, options) == []
+    # Every statement is IF NOT EXISTS: re-running all files on a migrated schema changes nothing.
+    assert migrate(client, options, force=True) == [1, 2, 3, 4]
+    assert sorted(applied_versions(client, settings.database)) == [1, 2, 3, 4]
+    db = settings.database
+    tables = {
+        r[0]: r[1] for r in client.query(f"SELECT name, engine FROM system.tables WHERE database = '{db}'").result_rows
+    }
+    assert tables["usage_events"] == "ReplacingMergeTree"
+    assert tables["usage_hourly"] == tables["usage_daily"] == "AggregatingMergeTree"
+    assert tables["usage_hourly_mv"] == "MaterializedView"
+    assert {"alerts", "prompts", "schema_migrations"} <= set(tables)
+    types = dict(
+        client.query(
+            f"SELECT name, type FROM system.columns WHERE database = '{db}' AND table = 'usage_events'"
+        ).result_rows
+    )
+    assert types["tenant"] == types["provider"] == types["model"] == "LowCardinality(String)"
+    ddl = scalar(
+        client, f"SELECT create_table_query FROM system.tables WHERE database = '{db}' AND name = 'usage_events'"
+    )
+    assert "toIntervalDay(30)" in ddl or "INTERVAL 30 DAY" in ddl
+
+
+def test_replay_never_double_counts(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    sink = UsageSink(settings, client=client)
+    events = make_events(500)
+    asyncio.run(sink.write(events[:300]))
+    asyncio.run(sink.write(events[200:]))  # overlaps the first batch by 100
+    asyncio.run(sink.write(events))  # a full replay
+    asyncio.run(sink.write(events[:50] + events[:50]))  # duplicates inside one batch
+    assert sink.stats.inserted == 500
+    assert sink.stats.duplicates == 100 + 500 + 100
+    db = settings.database
+    expected = sum(Decimal(str(e.cost_usd)) for e in events)
+    assert scalar(client, f"SELECT count() FROM {db}.usage_events FINAL") == 500
+    assert scalar(client, f"SELECT sum(cost_usd) FROM {db}.usage_events FINAL") == expected
+    # The materialized-view rollups did not double count either (dedup upstream in the sink).
+    assert scalar(client, f"SELECT sum(requests) FROM {db}.usage_hourly") == 500
+    assert scalar(client, f"SELECT sum(cost_usd) FROM {db}.usage_daily") == expected
+    # Even rows that slip past the sink's look-up (dedup off: two racing writers) are collapsed by FINAL.
+    UsageSink(settings, client=client, dedup_lookup=False).write_sync(events[:10])
+    assert scalar(client, f"SELECT count() FROM {db}.usage_events FINAL") == 500
+    total = report(ClientReader(client, owns_client=False), "cost", since="2d", database=db).total("cost_usd")
+    assert total == expected
+
+
+def test_report_totals_match_inserted_costs_to_the_cent(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    events = make_events(1000)
+    UsageSink(settings, client=client).write_sync(events)
+    reader = ClientReader(client, owns_client=False)
+    rep = report(reader, "cost", since="2d", by="tenant,provider,model", database=settings.database)
+    expected = sum(Decimal(str(e.cost_usd)) for e in events)
+    assert rep.total("cost_usd") == expected
+    assert rep.total("cost_usd").quantize(Decimal("0.01")) == expected.quantize(Decimal("0.01"))
+    assert rep.total("requests") == 1000
+    assert {r["tenant"] for r in rep.rows} == {"tenant-0", "tenant-1", "tenant-2"}
+    by_tenant = {}
+    for e in events:
+        by_tenant[e.tenant] = by_tenant.get(e.tenant, Decimal(0)) + Decimal(str(e.cost_usd))
+    rep_t = report(reader, "cost", since="2d", by="tenant", database=settings.database)
+    assert {r["tenant"]: r["cost_usd"] for r in rep_t.rows} == by_tenant
+    # Event i is i minutes old: a 100-minute window holds exactly events 0..99.
+    recent = report(reader, "cost", since="100m", database=settings.database)
+    assert recent.total("requests") == 100
+    assert recent.total("cost_usd") == sum(Decimal(str(e.cost_usd)) for e in events[:100])
+
+
+def test_other_reports_and_tenant_filter(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    events = make_events(200)
+    UsageSink(settings, client=client).write_sync(events)
+    reader = ClientReader(client, owns_client=False)
+    db = settings.database
+    errors = report(reader, "errors", since="1d", by="provider", database=db)
+    assert errors.total("errors") == sum(1 for e in events if e.status == "error")
+    cache = report(reader, "cache", since="1d", database=db)
+    assert cache.rows[0]["cache_hits"] == 20
+    assert cache.rows[0]["saved_cost_usd"] == Decimal("0.01")
+    latency = report(reader, "latency", since="1d", by="provider", database=db)
+    assert latency.total("requests") == 180  # cached hits are not latency samples
+    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in latency.rows)
+    only = report(reader, "cost", since="1d", tenants=["tenant-1"], database=db)
+    assert only.total("requests") == sum(1 for e in events if e.tenant == "tenant-1")
+    # User input is only ever a bound parameter: a hostile tenant string matches nothing, breaks nothing.
+    hostile = report(reader, "cost", since="1d", tenants=["x') OR 1=1 --"], by="tenant", database=db)
+    assert hostile.rows == []
+
+
+def test_by_is_allow_listed(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    reader = ClientReader(client, owns_client=False)
+    for bad in ("tenant; DROP TABLE x", "cost_usd", "tenant,1", "prompt"):
+        with pytest.raises(InvalidReportRequest):
+            report(reader, "cost", since="1d", by=bad, database=settings.database)
+    with pytest.raises(InvalidReportRequest):
+        report(reader, "bogus", since="1d", database=settings.database)
+    with pytest.raises(InvalidReportRequest):
+        report(reader, "cost", since="yesterday-ish", database=settings.database)
+
+
+def test_formats(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    UsageSink(settings, client=client).write_sync(make_events(120))
+    reader = ClientReader(client, owns_client=False)
+    rep = report(reader, "cost", since="1d", by="provider", database=settings.database)
+    csv_text = render(rep, "csv")
+    assert csv_text.splitlines()[0].startswith("provider,requests,")
+    assert len(csv_text.splitlines()) == 3
+    doc = orjson.loads(render(rep, "json"))
+    assert doc["kind"] == "cost" and doc["by"] == ["provider"]
+    assert round(sum(r["cost_usd"] for r in doc["rows"]), 6) == float(rep.total("cost_usd"))
+    table = render(rep, "table")
+    assert "openai" in table and "anthropic" in table
+    html = render(rep, "html", reader, database=settings.database)
+    assert html.startswith("<!doctype html>") and "<script" not in html
+    assert html.count("<svg") == 3
+    assert "Cost over time by provider" in html and "Latency percentiles by provider" in html
+    with pytest.raises(InvalidReportRequest):
+        render(rep, "pdf")
+
+
+def test_prompts_only_stored_when_enabled(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    events = make_events(4)
+    prompts = {e.request_id: f"secret prompt {i}" for i, e in enumerate(events)}
+    asyncio.run(UsageSink(settings, client=client).write(events[:2], prompts))
+    db = settings.database
+    assert scalar(client, f"SELECT count() FROM {db}.prompts") == 0
+    opted_in = settings.model_copy(update={"store_prompts": True})
+    asyncio.run(UsageSink(opted_in, client=client).write(events[2:], prompts))
+    assert sorted(r[0] for r in client.query(f"SELECT prompt FROM {db}.prompts").result_rows) == [
+        "secret prompt 2",
+        "secret prompt 3",
+    ]
+
+
+def test_alerts_table_is_idempotent(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    alert = Alert(
+        alert_id="provider_error_rate:openai",
+        rule="provider_error_rate",
+        subject="openai",
+        severity="warning",
+        status="firing",
+        value=0.08,
+        threshold=0.05,
+        message="openai: error rate 8.0%",
+        started_at=NOW - timedelta(minutes=5),
+        ts=NOW,
+    )
+    sink = UsageSink(settings, client=client)
+    asyncio.run(sink.write_alerts([alert]))
+    asyncio.run(sink.write_alerts([alert]))
+    assert scalar(client, f"SELECT count() FROM {settings.database}.alerts FINAL") == 1
+
+
+def test_unreachable_server_raises_retryable_unavailable() -> None:
+    # Nothing listens on port 1: the HTTP backend must surface a typed, retryable error.
+    settings = ClickHouseSettings(backend="http", url="http://127.0.0.1:1", database="aifleet")
+    sink = UsageSink(settings)
+    with pytest.raises(AnalyticsUnavailable) as info:
+        asyncio.run(sink.write(make_events(3)))
+    assert info.value.retryable is True
+    with pytest.raises(AnalyticsUnavailable):
+        asyncio.run(sink.write(make_events(3)))  # and again on retry: no half-open client left behind
+
+
+def test_report_rejects_empty_window(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    reader = ClientReader(client, owns_client=False)
+    with pytest.raises(InvalidReportRequest):
+        run_report(reader, ReportRequest("cost", NOW, NOW - timedelta(hours=1)), database=settings.database)
