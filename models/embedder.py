@@ -46,7 +46,7 @@ class SessionKey:
         return MODELS_BY_NAME[self.model]
 
 
-def _load(key: SessionKey) -> EncoderSession:
+def load_session(key: SessionKey) -> EncoderSession:
     path = ensure_model(key.variant, key.spec, Path(key.home))
     session = create_session(path, key.device, intra_op_threads=key.threads or None)
     if session.report.fell_back:
@@ -54,7 +54,7 @@ def _load(key: SessionKey) -> EncoderSession:
     return session
 
 
-def _size(key: SessionKey) -> int:
+def session_size(key: SessionKey) -> int:
     return ensure_model(key.variant, key.spec, Path(key.home)).stat().st_size
 
 
@@ -67,8 +67,13 @@ def session_pool(budget_bytes: int = DEFAULT_POOL_BUDGET) -> ModelPool[SessionKe
     global _default_pool  # noqa: PLW0603 - one pool per process by design
     with _pool_lock:
         if _default_pool is None:
-            _default_pool = ModelPool(budget_bytes, _load, _size, warm_up=lambda s: s.warm_up())
+            _default_pool = new_session_pool(budget_bytes)
         return _default_pool
+
+
+def new_session_pool(budget_bytes: int = DEFAULT_POOL_BUDGET) -> ModelPool[SessionKey, EncoderSession]:
+    """A pool of encoder sessions sized by artefact file size, each warmed up after loading."""
+    return ModelPool(budget_bytes, load_session, session_size, warm_up=EncoderSession.warm_up)
 
 
 class Embedder:

@@ -66,7 +66,8 @@ def plan_providers(device: Device, available: Sequence[str], *, gpu_hint: bool) 
         if CUDA not in available:
             offered = list(available)
             raise ExecutionProviderUnavailable(f"CUDA is unavailable: this onnxruntime build offers only {offered}")
-        return ProviderPlan(device, (CUDA, CPU), "cuda requested")
+        hint = "" if gpu_hint else " (no NVIDIA device files found)"
+        return ProviderPlan(device, (CUDA, CPU), f"cuda requested{hint}")
     if device != "auto":
         raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda")
     if CUDA in available and gpu_hint:

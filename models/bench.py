@@ -1,0 +1,203 @@
+"""Inference benchmark: sentences/s and latency percentiles per variant and batch size, plus micro-batching.
+
+:func:`run_infer_bench` is what ``aifleet models bench`` and ``aifleet bench infer`` call. Variants are
+measured interleaved (round-robin in short slices) so a noisy neighbour on a shared machine slows them alike.
+Latency is one ``Embedder.embed`` call end to end: tokenisation, padding, inference, reordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.batching import MicroBatcher
+from models.build import Variant, build_variants
+from models.embedder import Embedder, new_session_pool
+from models.session import Device
+from models.weights import MINILM, ModelSpec
+
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+
+SAMPLE_SENTENCES: tuple[str, ...] = (
+    "How do I reset my password?",
+    "The invoice for March is attached; please confirm the amount before Friday.",
+    "Kafka consumer groups rebalance when a member joins or leaves the group.",
+    "What is the capital of France?",
+    "Summarise the following support ticket in two sentences for the on-call engineer.",
+    "A man is playing a guitar on a small stage while the audience claps along.",
+    "Translate 'good morning' into Spanish.",
+    "Our latency SLO is 300 milliseconds at the 95th percentile for chat completions.",
+    "The cat sat on the windowsill and watched the rain.",
+    "Please cancel my subscription effective immediately and send a confirmation email.",
+    "Which regions does the service run in, and where is customer data stored at rest?",
+    "Write a haiku about distributed systems.",
+    "The quarterly report shows revenue up 12 percent, driven mostly by enterprise renewals in Europe.",
+    "Error 429: too many requests, retry after 20 seconds.",
+    "Is it safe to run two brokers on the same host for testing?",
+    "She bought fresh bread, a dozen eggs and some cheese at the farmers' market on Saturday morning.",
+    "Explain the difference between at-least-once and exactly-once delivery semantics in stream processing.",
+    "Thanks!",
+    "The new model reduces hallucinations on long documents but costs twice as much per token.",
+    "Book a meeting room for six people next Tuesday at 10am.",
+    "Routing falls back to the secondary provider when the primary's circuit breaker is open.",
+    "Children were building sandcastles on the beach as the tide slowly came in.",
+    "Can you recommend a good book on the history of mathematics?",
+    "Tokens beyond the context window are truncated, so long prompts should be chunked before embedding.",
+)
+
+
+def _stats(latencies_s: Sequence[float], sentences: int, busy_s: float) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {
+        "calls": len(latencies_s),
+        "sentences_per_s": round(sentences / busy_s, 2) if busy_s > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def _batch_of(texts: Sequence[str], size: int, start: int) -> list[str]:
+    return [texts[(start + i) % len(texts)] for i in range(size)]
+
+
+async def _microbatched(
+    embedder: Embedder, texts: Sequence[str], seconds: float, concurrency: int, max_batch: int, max_wait_ms: float
+) -> dict[str, float]:
+    """``concurrency`` callers each submitting one sentence at a time through a MicroBatcher."""
+
+    async def run(items: list[str]) -> list[np.ndarray]:
+        return list(await embedder.embed_async(items))
+
+    batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def caller(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await batcher.submit(texts[i % len(texts)])
+            latencies.append(time.perf_counter() - t0)
+            i += concurrency
+
+    start = time.perf_counter()
+    async with batcher:
+        await asyncio.gather(*(caller(c) for c in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    out = _stats(latencies, len(latencies), elapsed)
+    out.update(
+        concurrency=concurrency,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        batches=batcher.stats.batches,
+        mean_batch=round(batcher.stats.mean_batch, 2),
+    )
+    return out
+
+
+def run_infer_bench(
+    variants: Sequence[Variant] = ("fp32", "int8"),
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    *,
+    device: Device = "cpu",
+    seconds: float = 1.0,
+    rounds: int = 3,
+    min_calls: int = 3,
+    intra_op_threads: int | None = None,
+    microbatch: bool = True,
+    concurrency: int = 64,
+    microbatch_max_batch: int = 32,
+    microbatch_max_wait_ms: float = 2.0,
+    texts: Sequence[str] = SAMPLE_SENTENCES,
+    spec: ModelSpec = MINILM,
+    home: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure each variant at each batch size for about ``seconds`` (split into ``rounds`` interleaved slices).
+
+    Returns a JSON-friendly dict: per-variant rows (sentences/s, p50/p95/mean latency in ms), the int8/fp32
+    throughput ratio per batch size when both were measured, and, with ``microbatch``, the throughput of
+    ``concurrency`` single-sentence callers through a :class:`MicroBatcher` against batch-1 calls.
+    Must be called outside a running event loop.
+    """
+    import onnxruntime as ort
+
+    say = progress or (lambda _msg: None)
+    build_variants(list(variants), spec, home, progress=say)
+    pool = new_session_pool(1 << 40)  # the bench holds every variant at once
+    embedders = {
+        v: Embedder(v, device, spec=spec, home=home, intra_op_threads=intra_op_threads, pool=pool, max_batch_size=512)
+        for v in variants
+    }
+    tokens = [len(ids) for ids in embedders[variants[0]].tokenizer.encode(texts)]
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for size in batch_sizes:
+        say(f"batch {size}")
+        lat: dict[str, list[float]] = {v: [] for v in variants}
+        busy: dict[str, float] = dict.fromkeys(variants, 0.0)
+        calls = 0
+        for v in variants:  # warm this shape up once
+            embedders[v].embed(_batch_of(texts, size, 0))
+        for _ in range(rounds):
+            for v in variants:
+                slice_end = time.perf_counter() + seconds / rounds
+                while time.perf_counter() < slice_end or len(lat[v]) < min_calls:
+                    batch = _batch_of(texts, size, calls)
+                    calls += 1
+                    t0 = time.perf_counter()
+                    embedders[v].embed(batch)
+                    dt = time.perf_counter() - t0
+                    lat[v].append(dt)
+                    busy[v] += dt
+        for v in variants:
+            row: dict[str, Any] = {"batch_size": size}
+            row.update(_stats(lat[v], len(lat[v]) * size, busy[v]))
+            results[v].append(row)
+
+    report: dict[str, Any] = {
+        "model": spec.name,
+        "device": device,
+        "onnxruntime": ort.__version__,
+        "cpu_count": os.cpu_count(),
+        "intra_op_threads": intra_op_threads,
+        "seconds_per_point": seconds,
+        "mean_tokens_per_text": round(statistics.fmean(tokens), 1),
+        "providers": {v: e.report.as_dict() for v, e in embedders.items()},
+        "results": results,
+    }
+    if "fp32" in results and "int8" in results:
+        report["int8_vs_fp32"] = {
+            str(a["batch_size"]): round(b["sentences_per_s"] / a["sentences_per_s"], 3)
+            for a, b in zip(results["fp32"], results["int8"], strict=True)
+        }
+    if microbatch:
+        report["microbatch"] = {}
+        for v, emb in embedders.items():
+            say(f"micro-batching {v}")
+            mb = asyncio.run(
+                _microbatched(emb, texts, seconds, concurrency, microbatch_max_batch, microbatch_max_wait_ms)
+            )
+            batch1 = _batch1_throughput(emb, texts, seconds)
+            mb["batch1_sentences_per_s"] = batch1
+            mb["ratio_vs_batch1"] = round(mb["sentences_per_s"] / batch1, 3) if batch1 else None
+            report["microbatch"][v] = mb
+    for e in embedders.values():
+        e.close()
+    return report
+
+
+def _batch1_throughput(embedder: Embedder, texts: Sequence[str], seconds: float) -> float:
+    """Sentences/s of back-to-back single-sentence calls, measured right next to the micro-batched run."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        embedder.embed([texts[n % len(texts)]])
+        n += 1
+    return round(n / (time.perf_counter() - start), 2)
