@@ -246,7 +246,7 @@ class ResilientCaller:
                         value, usage = await call(provider, model)
                 except TimeoutError:
                     self.breakers[name].release()
-                    err = DeadlineExceeded(f"{name} did not answer before the deadline", provider=name)
+                    err: AifleetError = DeadlineExceeded(f"{name} did not answer before the deadline", provider=name)
                     attempts.append(Attempt(name, model, "deadline", self.clock.monotonic() - started, err))
                     return CallResult(None, err, attempts)
                 except asyncio.CancelledError:
