@@ -69,10 +69,18 @@ class InvalidRecord(AifleetError):
 
     dlq_reason: ClassVar[DeadLetterReason] = DeadLetterReason.SCHEMA_VIOLATION
 
-    def __init__(self, message: str, *, request_id: str | None = None, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        tenant: str | None = None,
+        reply_topic: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.request_id = request_id
         self.tenant = tenant
+        self.reply_topic = reply_topic
 
 
 class InvalidJson(InvalidRecord):

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.request import Tier
+
 DEFAULT_HOME = Path.home() / ".aifleet"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "infra" / "config" / "aifleet.toml"
 
@@ -104,6 +106,11 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = EmulatorSettings()
     keys: ProviderKeys = ProviderKeys()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
+
+    default_tier: Tier = Field(default="pro", description="Tier of tenants the tenant registry does not list.")
+    provider_base_url: str | None = Field(
+        default=None, description="Send every provider call here instead (the emulator): <url>/<provider>/..."
+    )
 
     # Flat aliases for the settings people set most often.
     kafka_bootstrap: str | None = Field(default=None, description="Same as kafka.bootstrap.")

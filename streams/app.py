@@ -1,0 +1,203 @@
+"""The Faust application: topics, agents and the collaborators they share, built from settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from schemas.base import Event
+from schemas.dead_letter import DeadLetterReason
+from schemas.routed import RoutedRequest
+from streams.agents.dispatch import DispatchStage
+from streams.agents.gate import GateStage, Record
+from streams.catalog import Catalog, cached_catalog
+from streams.codec import dead_letter
+from streams.errors import InvalidRecord
+from streams.health_view import HealthView
+from streams.providers.base import Provider
+from streams.publisher import publish_all
+from streams.route import Router
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.windowed import process_windowed
+
+log = logging.getLogger(__name__)
+
+
+class FaustPublisher:
+    """Publishes events through the app's producer, immediately (never held for the next commit)."""
+
+    def __init__(self, app: faust.App, partitions: int) -> None:
+        self._app = app
+        self._partitions = partitions
+        self._topics: dict[str, Any] = {}
+
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                value_serializer="raw",
+                key_serializer="raw",
+                partitions=self._partitions,
+            )
+            self._topics[name] = topic
+        return topic
+
+    async def publish(self, topic: str, event: Event, *, key: str | None = None) -> Awaitable[object]:
+        return await self._topic(topic).send(key=key.encode() if key else None, value=event.to_json(), force=True)
+
+
+def catalog_for(settings: Settings) -> Catalog:
+    """The provider catalog, pointed at the emulator when ``provider_base_url`` is set."""
+    catalog = cached_catalog(settings.config_file)
+    if settings.provider_base_url:
+        catalog = catalog.with_base_url_override(settings.provider_base_url)
+    return catalog
+
+
+def build_providers(catalog: Catalog, settings: Settings) -> dict[str, Provider]:
+    """One adapter instance per catalog provider whose adapter this build knows."""
+    from streams.providers.openai import OpenAIProvider
+
+    keys = settings.keys.model_dump()
+    return {
+        name: OpenAIProvider(name, spec, keys.get(spec.key) if spec.key else None)
+        for name, spec in catalog.providers.items()
+        if spec.adapter == "openai"
+    }
+
+
+def worker_id() -> str:
+    return os.environ.get("AIFLEET_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_app(settings: Settings) -> faust.App:
+    """The whole worker: gate and dispatch agents over the deployment's topics."""
+    topics = Topics.from_settings(settings)
+    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    app = faust.App(
+        f"{settings.worker.app_id}-{settings.kafka.topic_prefix}",
+        broker=[f"kafka://{h}" for h in bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        broker_commit_interval=settings.worker.commit_interval_s,
+        producer_linger_ms=settings.worker.producer_linger_ms,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, settings.worker.max_in_flight * 4),
+        web_enabled=settings.worker.web_port is not None,
+        web_port=settings.worker.web_port or 6066,
+        web_host="127.0.0.1",
+        store="memory://",
+        topic_disable_leader=True,
+        broker_credentials=_credentials(settings),
+    )
+    publisher = FaustPublisher(app, settings.kafka.partitions)
+    catalog = catalog_for(settings)
+    router = Router(catalog)
+    health = HealthView()
+    wid = worker_id()
+    providers = build_providers(catalog, settings)
+    gate = GateStage(
+        topics=topics,
+        router=router,
+        health=health,
+        publisher=publisher,
+        max_request_bytes=settings.worker.max_request_bytes,
+        dlq_max_payload_bytes=settings.worker.dlq_max_payload_bytes,
+        default_tier=settings.default_tier,
+    )
+    dispatch = DispatchStage(
+        topics=topics, router=router, providers=providers, health=health, publisher=publisher, worker_id=wid
+    )
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=settings.kafka.partitions,
+        )
+
+    for name in topics.all():
+        raw_topic(name)  # declared at start-up with the configured partition count
+
+    async def dead_letter_crash(event: Any, exc: BaseException) -> None:
+        """A handler bug: keep the record in the DLQ with the reason, answer if the id is readable."""
+        message = event.message
+        err = InvalidRecord(f"processing failed: {type(exc).__name__}: {exc}")
+        err.dlq_reason = DeadLetterReason.PROCESSING_FAILED  # type: ignore[misc]
+        letter = dead_letter(
+            err,
+            event.value,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            max_payload=settings.worker.dlq_max_payload_bytes,
+        )
+        await publish_all(publisher, [(topics.dlq, letter, None)])
+
+    @app.agent(raw_topic(topics.requests), name="gate")
+    async def gate_agent(stream: Any) -> None:
+        async def handle(event: Any) -> None:
+            m = event.message
+            await gate.handle(Record(value=event.value, topic=m.topic, partition=m.partition, offset=m.offset))
+
+        await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
+
+    @app.agent(raw_topic(topics.routed), name="dispatch")
+    async def dispatch_agent(stream: Any) -> None:
+        async def handle(event: Any) -> None:
+            try:
+                routed = RoutedRequest.from_json(event.value)
+            except ValidationError as exc:
+                m = event.message
+                err = InvalidRecord(f"routed record is invalid: {exc.error_count()} error(s)")
+                letter = dead_letter(
+                    err,
+                    event.value,
+                    topic=m.topic,
+                    partition=m.partition,
+                    offset=m.offset,
+                    max_payload=settings.worker.dlq_max_payload_bytes,
+                )
+                await publish_all(publisher, [(topics.dlq, letter, None)])
+                return
+            await dispatch.handle(routed)
+
+        await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
+
+    @app.on_before_shutdown.connect
+    async def _close_providers(_app: Any, **_: Any) -> None:
+        for p in providers.values():
+            await p.aclose()
+
+    return app
+
+
+def _credentials(settings: Settings) -> Any:
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return None
+    if k.sasl_mechanism and k.sasl_username and k.sasl_password:
+        return faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value(),
+            mechanism=k.sasl_mechanism,
+            ssl_context=faust.ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
+        )
+    return faust.SSLCredentials(faust.ssl.create_default_context())

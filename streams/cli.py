@@ -1,0 +1,287 @@
+"""The ``aifleet`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.settings import Settings, get_settings
+
+app = typer.Typer(help="aifleet: a Kafka-native AI gateway.", no_args_is_help=True, add_completion=False)
+broker_app = typer.Typer(help="The embedded single-node KRaft broker.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(port: int | None = None, data_dir: Path | None = None) -> Settings:
+    s = get_settings()
+    updates: dict[str, Any] = {}
+    if port is not None:
+        updates["port"] = port
+        updates["controller_port"] = port + 1
+    if data_dir is not None:
+        updates["data_dir"] = data_dir
+    if updates:
+        s = s.model_copy(update={"kafka": s.kafka.model_copy(update=updates)})
+    return s
+
+
+# -- broker ------------------------------------------------------------------------------------
+@broker_app.command("start")
+def broker_start(
+    port: Annotated[int | None, typer.Option(help="Client port (controller uses port+1).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Log directory.")] = None,
+) -> None:
+    """Start the broker (idempotent) and print its bootstrap address."""
+    from infra.kafka import broker
+
+    s = _settings(port, data_dir)
+    if s.bootstrap:
+        err.print(f"AIFLEET_KAFKA_BOOTSTRAP is set ({s.bootstrap}): using that cluster, starting nothing")
+        print(s.bootstrap)
+        return
+    cfg = broker.from_settings(s)
+    with err.status("starting Kafka (first run fetches the jars with Maven)..."):
+        pid = broker.start(cfg)
+    err.print(f"broker pid {pid}, log {cfg.log_file}")
+    print(cfg.bootstrap)
+
+
+@broker_app.command("stop")
+def broker_stop(
+    port: Annotated[int | None, typer.Option()] = None, data_dir: Annotated[Path | None, typer.Option()] = None
+) -> None:
+    """Stop the broker that `aifleet broker start` started."""
+    from infra.kafka import broker
+
+    stopped = broker.stop(broker.from_settings(_settings(port, data_dir)))
+    print("stopped" if stopped else "not running")
+
+
+@broker_app.command("status")
+def broker_status(
+    port: Annotated[int | None, typer.Option()] = None, data_dir: Annotated[Path | None, typer.Option()] = None
+) -> None:
+    """Print the broker's state as JSON; exit 1 when it is not running."""
+    from infra.kafka import broker
+
+    st = broker.status(broker.from_settings(_settings(port, data_dir)))
+    print(json.dumps(st, indent=2))
+    raise typer.Exit(0 if st["answering"] else 1)
+
+
+# -- processes ---------------------------------------------------------------------------------
+@app.command()
+def worker() -> None:
+    """Run one worker (all agents) in the foreground."""
+    from streams.worker import run
+
+    run()
+
+
+@app.command()
+def emulator(
+    host: str = "127.0.0.1",
+    port: Annotated[int | None, typer.Option()] = None,
+    latency_ms: Annotated[float, typer.Option(help="Added latency per call.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Run the provider emulator (OpenAI-format JSON and SSE on loopback)."""
+    from infra.emulator.server import serve
+
+    serve(host, port or get_settings().emulator.port, latency_ms=latency_ms, seed=seed)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes in the consumer group.")] = 1,
+    latency_ms: Annotated[float, typer.Option(help="Emulator latency, when the emulator is started.")] = 0.0,
+) -> None:
+    """Start what is missing (broker, emulator, workers) and run until Ctrl-C or SIGTERM."""
+    from streams.stack import Stack
+
+    stack = Stack(get_settings(), workers=workers, emulator_latency_ms=latency_ms)
+    try:
+        with err.status("starting aifleet..."):
+            stack.start()
+            _warm_up(stack.bootstrap, get_settings())
+        err.print(
+            f"aifleet is up: bootstrap {stack.bootstrap}, {workers} worker(s), "
+            f"provider {'emulator ' + stack.emulator_url if stack.emulator_url else 'APIs'}; logs in {stack.logs}"
+        )
+        err.print("Ctrl-C to stop")
+        _wait_for_signal()
+    finally:
+        with err.status("stopping..."):
+            stack.stop()
+        err.print("stopped")
+
+
+def _warm_up(bootstrap: str, settings: Settings, timeout_s: float = 120.0) -> float:
+    """Send probe requests until the pipeline answers one; returns seconds it took."""
+    from streams.client import AifleetClient, ClientTimeout
+
+    async def go() -> float:
+        t0 = time.monotonic()
+        async with AifleetClient(
+            bootstrap, topic_prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
+        ) as client:
+            while time.monotonic() - t0 < timeout_s:
+                try:
+                    await client.ask("warm-up", tenant="aifleet-warmup", timeout=10.0)
+                    return time.monotonic() - t0
+                except ClientTimeout:
+                    continue
+        raise RuntimeError(f"the pipeline did not answer within {timeout_s:.0f}s")
+
+    return asyncio.run(go())
+
+
+# -- using it ----------------------------------------------------------------------------------
+@app.command()
+def send(
+    prompt: str,
+    tenant: Annotated[str, typer.Option(help="Tenant id.")] = "demo",
+    stream: Annotated[bool, typer.Option(help="Stream the answer chunk by chunk.")] = False,
+    model: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the response event as JSON.")] = False,
+    timeout: float = 60.0,
+) -> None:
+    """Send one prompt through a running aifleet and print the answer."""
+    from schemas.response import Response
+    from streams.client import AifleetClient
+
+    s = get_settings()
+    bootstrap = s.bootstrap or f"127.0.0.1:{s.kafka.port}"
+
+    async def go() -> Response:
+        async with AifleetClient(bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions) as c:
+            req = c.build(prompt, tenant=tenant, model=model, stream=stream)
+            if not stream:
+                return await c.request(req, timeout=timeout)
+            async for item in c.stream(req, timeout=timeout):
+                if isinstance(item, Response):
+                    print()
+                    return item
+                if item.delta:
+                    print(item.delta, end="", flush=True)
+            raise RuntimeError("stream ended without a response")
+
+    resp = asyncio.run(go())
+    if as_json:
+        print(resp.model_dump_json(indent=2, exclude_none=True))
+    elif resp.status == "error" and resp.error:
+        err.print(f"[red]error[/red] {resp.error.reason.value}: {resp.error.message}")
+        raise typer.Exit(2)
+    elif not stream:
+        print(resp.output)
+    if not as_json:
+        err.print(
+            f"[dim]{resp.provider}/{resp.model} · {resp.usage.input_tokens}+{resp.usage.output_tokens} tokens"
+            f" · ${resp.cost_usd:.6f} · {resp.latency.total_ms if resp.latency else 0:.1f} ms[/dim]"
+        )
+
+
+@app.command()
+def bench(
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 1000,
+    concurrency: Annotated[int, typer.Option(help="Requests outstanding at once.")] = 100,
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    latency_ms: Annotated[float, typer.Option(help="Emulator latency per call.")] = 0.0,
+    attach: Annotated[bool, typer.Option(help="Use an aifleet that is already up; start nothing.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Drive requests through the real pipeline against the emulator; print throughput and latency."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from streams.bench import emulator_reset, emulator_stats, run_load
+    from streams.client import AifleetClient
+    from streams.stack import Stack
+
+    s = get_settings()
+    stack = None if attach else Stack(s, workers=workers, emulator_latency_ms=latency_ms)
+    try:
+        if stack is not None:
+            with err.status("starting broker, emulator and workers..."):
+                stack.start()
+        bootstrap = stack.bootstrap if stack else (s.bootstrap or f"127.0.0.1:{s.kafka.port}")
+        emu = stack.emulator_url if stack else (s.provider_base_url or f"http://127.0.0.1:{s.emulator.port}")
+        with err.status("waiting for the pipeline to answer..."):
+            _warm_up(bootstrap, s)
+        emulator_reset(emu)
+
+        async def go() -> Any:
+            async with AifleetClient(bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions) as c:
+                with Progress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err,
+                    transient=as_json,
+                ) as progress:
+                    task = progress.add_task("requests", total=requests)
+                    result, _ = await run_load(
+                        c,
+                        requests=requests,
+                        concurrency=concurrency,
+                        timeout_s=timeout,
+                        on_done=lambda: progress.advance(task),
+                    )
+                return result
+
+        result = asyncio.run(go())
+        stats = emulator_stats(emu)
+        result = result.model_copy(
+            update={"workers": workers if stack else None, "provider_calls": stats["total_calls"] if stats else None}
+        )
+        if stack is not None:
+            stack.check_alive()
+    finally:
+        if stack is not None:
+            with err.status("stopping..."):
+                stack.stop()
+    if as_json:
+        print(result.model_dump_json())
+        return
+    table = Table(title=f"aifleet bench: {requests} requests, concurrency {concurrency}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("sent", "ok", "errors", "lost", "duplicates", "provider_calls", "throughput_rps", "elapsed_s"):
+        table.add_row(key, str(getattr(result, key)))
+    for key in ("latency_ms", "overhead_ms"):
+        p = getattr(result, key)
+        table.add_row(key, f"p50 {p.p50:.1f} · p95 {p.p95:.1f} · p99 {p.p99:.1f}")
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The Python client: produce a request, await its response by request id.
+
+Any Kafka client in any language can do the same from the JSON contract alone; this one is a
+convenience. It reads its reply topic without a consumer group (every client sees every reply on
+its topic and keeps those it asked for), dedups responses by request id, and counts duplicates.
+
+    async with AifleetClient("127.0.0.1:39092") as client:
+        response = await client.ask("What is Kafka?", tenant="acme")
+
+    with SyncClient("127.0.0.1:39092") as client:
+        print(client.ask("What is Kafka?", tenant="acme").output)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Self, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.chunk import StreamChunk
+from schemas.request import Message, Request
+from schemas.response import Response
+from streams.errors import AifleetError
+
+T = TypeVar("T")
+
+__all__ = ["AifleetClient", "ClientTimeout", "SyncClient"]
+
+
+class ClientTimeout(AifleetError):
+    """No response arrived for a request within the client's timeout."""
+
+
+class AifleetClient:
+    """Async client over aiokafka: ``submit`` / ``wait`` / ``request`` / ``ask`` / ``stream``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic_prefix: str = "aifleet",
+        reply_topic: str | None = None,
+        partitions: int = 4,
+        linger_ms: int = 2,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._prefix = topic_prefix
+        self.requests_topic = f"{topic_prefix}.requests"
+        self.reply_topic = reply_topic or f"{topic_prefix}.responses"
+        self.chunks_topic = f"{topic_prefix}.chunks" + self.reply_topic.removeprefix(f"{topic_prefix}.responses")
+        self._partitions = partitions
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Future[Response]] = {}
+        self._chunks: dict[str, asyncio.Queue[StreamChunk | Response]] = {}
+        self._done: set[str] = set()
+        self.responses_seen = 0
+        self.duplicates = 0
+        self.unsolicited = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._ensure_topics([self.requests_topic, self.reply_topic, self.chunks_topic])
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            linger_ms=self._linger_ms,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=16 * 1024 * 1024,
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        tps = [
+            TopicPartition(t, p)
+            for t in (self.reply_topic, self.chunks_topic)
+            for p in (self._consumer.partitions_for_topic(t) or await self._partitions_of(t))
+        ]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, so nothing produced after start() is missed
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _partitions_of(self, topic: str) -> set[int]:
+        assert self._consumer is not None
+        for _ in range(100):
+            parts = self._consumer.partitions_for_topic(topic)
+            if parts:
+                return parts
+            await self._consumer._client.force_metadata_update()
+            await asyncio.sleep(0.05)
+        raise AifleetError(f"topic {topic} has no partitions visible to the client")
+
+    async def _ensure_topics(self, names: list[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [n for n in dict.fromkeys(names) if n not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(n, self._partitions, 1) for n in missing])
+        finally:
+            await admin.close()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- reading -----------------------------------------------------------------------------
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=2000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    if tp.topic == self.chunks_topic:
+                        self._on_chunk(record.value)
+                    else:
+                        self._on_response(record.value)
+
+    def _on_response(self, value: bytes) -> None:
+        try:
+            response = Response.from_json(value)
+        except ValueError:
+            return
+        rid = response.request_id
+        if rid in self._done:
+            self.duplicates += 1
+            return
+        fut = self._waiting.pop(rid, None)
+        if fut is None:
+            self.unsolicited += 1
+            return
+        self._done.add(rid)
+        self.responses_seen += 1
+        if rid in self._chunks:
+            self._chunks[rid].put_nowait(response)
+        if not fut.done():
+            fut.set_result(response)
+
+    def _on_chunk(self, value: bytes) -> None:
+        try:
+            chunk = StreamChunk.from_json(value)
+        except ValueError:
+            return
+        queue = self._chunks.get(chunk.request_id)
+        if queue is not None:
+            queue.put_nowait(chunk)
+
+    # -- requests ----------------------------------------------------------------------------
+    async def submit(self, request: Request) -> asyncio.Future[Response]:
+        """Produce a request; returns a future that resolves with its (first) response."""
+        assert self._producer is not None, "start() the client first"
+        if request.request_id in self._waiting:
+            return self._waiting[request.request_id]
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiting[request.request_id] = fut
+        await self._producer.send(self.requests_topic, request.to_json(), key=request.tenant.encode())
+        return fut
+
+    async def request(self, request: Request, *, timeout: float = 60.0) -> Response:
+        """Produce a request and wait for its response; raises ClientTimeout."""
+        fut = await self.submit(request)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            self._waiting.pop(request.request_id, None)
+            raise ClientTimeout(f"no response for {request.request_id} within {timeout}s") from exc
+
+    async def ask(self, prompt: str, *, tenant: str, timeout: float = 60.0, **fields: Any) -> Response:
+        """Ask one chat question."""
+        return await self.request(self.build(prompt, tenant=tenant, **fields), timeout=timeout)
+
+    def build(self, prompt: str, *, tenant: str, **fields: Any) -> Request:
+        """A chat request for ``prompt`` with a fresh request id, replying to this client's topic."""
+        fields.setdefault("request_id", uuid.uuid4().hex)
+        if self.reply_topic != f"{self._prefix}.responses":
+            fields.setdefault("reply_topic", self.reply_topic)
+        return Request(tenant=tenant, messages=[Message(role="user", content=prompt)], **fields)
+
+    async def stream(self, request: Request, *, timeout: float = 60.0) -> AsyncIterator[StreamChunk | Response]:
+        """Yield a streamed request's chunks in order, then its closing Response."""
+        if not request.stream:
+            request = request.model_copy(update={"stream": True})
+        queue: asyncio.Queue[StreamChunk | Response] = asyncio.Queue()
+        self._chunks[request.request_id] = queue
+        try:
+            await self.submit(request)
+            next_seq = 0
+            held: dict[int, StreamChunk] = {}
+            while True:
+                item = await asyncio.wait_for(queue.get(), timeout)
+                if isinstance(item, Response):
+                    yield item
+                    return
+                if item.seq < next_seq:
+                    continue  # a replayed chunk
+                held[item.seq] = item
+                while next_seq in held:
+                    yield held.pop(next_seq)
+                    next_seq += 1
+        finally:
+            self._chunks.pop(request.request_id, None)
+
+
+class SyncClient:
+    """A blocking wrapper: runs an AifleetClient on a private event loop thread."""
+
+    def __init__(self, bootstrap: str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="aifleet-client", daemon=True)
+        self._client = AifleetClient(bootstrap, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self._run(self._client.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._run(self._client.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def ask(self, prompt: str, *, tenant: str, timeout: float = 60.0, **fields: Any) -> Response:
+        return self._run(self._client.ask(prompt, tenant=tenant, timeout=timeout, **fields))
+
+    def request(self, request: Request, *, timeout: float = 60.0) -> Response:
+        return self._run(self._client.request(request, timeout=timeout))

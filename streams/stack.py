@@ -1,0 +1,143 @@
+"""Start and stop a whole local deployment: broker, emulator and workers, as child processes.
+
+``aifleet up`` and ``aifleet bench`` use this. Only what this module started is stopped, by the
+pids it recorded, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from infra.kafka import broker
+from streams.admin import ensure_topics
+from streams.errors import AifleetError
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+@dataclass
+class Stack:
+    """A local deployment. ``start()`` brings up what is missing; ``stop()`` ends what it started."""
+
+    settings: Settings
+    workers: int = 1
+    emulator_latency_ms: float = 0.0
+    stop_broker: bool = True
+    log_dir: Path | None = None
+    children: list[_Child] = field(default_factory=list)
+    started_broker: bool = False
+    bootstrap: str = ""
+    emulator_url: str | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or self.settings.home / "logs"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> _Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        child = _Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def child_env(self) -> dict[str, str]:
+        env = {**os.environ, "AIFLEET_KAFKA_BOOTSTRAP": self.bootstrap, "PYTHONUNBUFFERED": "1"}
+        if self.emulator_url:
+            env["AIFLEET_PROVIDER_BASE_URL"] = self.emulator_url
+        return env
+
+    def start(self) -> None:
+        s = self.settings
+        if s.bootstrap:
+            self.bootstrap = s.bootstrap
+        else:
+            cfg = broker.from_settings(s)
+            self.started_broker = broker.read_pid(cfg) is None
+            broker.start(cfg)
+            self.bootstrap = cfg.bootstrap
+        ensure_topics(self.bootstrap, Topics.from_settings(s).all(), partitions=s.kafka.partitions,
+                      replication_factor=s.kafka.replication_factor)
+        if s.provider_base_url:
+            self.emulator_url = s.provider_base_url
+        elif not s.has_provider_keys():
+            self.emulator_url = f"http://{s.emulator.host}:{s.emulator.port}"
+            self._spawn(
+                "emulator",
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "emulator",
+                    "--host",
+                    s.emulator.host,
+                    "--port",
+                    str(s.emulator.port),
+                    "--latency-ms",
+                    str(self.emulator_latency_ms),
+                ],
+                self.child_env(),
+            )
+            self._wait_http(f"{self.emulator_url}/healthz")
+        for i in range(self.workers):
+            self.add_worker(i)
+
+    def add_worker(self, index: int) -> _Child:
+        env = {**self.child_env(), "AIFLEET_WORKER_ID": f"worker-{index}"}
+        return self._spawn(f"worker-{index}", [sys.executable, "-m", "streams.worker"], env)
+
+    def worker_children(self) -> list[_Child]:
+        return [c for c in self.children if c.name.startswith("worker-")]
+
+    def _wait_http(self, url: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AifleetError(f"{url} did not come up within {timeout_s:.0f}s; see {self.logs}")
+
+    def check_alive(self) -> None:
+        """Raise when a child died on its own (its log says why)."""
+        for c in self.children:
+            code = c.proc.poll()
+            if code is not None:
+                raise AifleetError(f"{c.name} exited with code {code}; see {self.logs / (c.name + '.log')}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for c in reversed(self.children):
+            if c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for c in reversed(self.children):
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait(5)
+            c.log.close()
+        self.children.clear()
+        if self.started_broker and self.stop_broker:
+            broker.stop(broker.from_settings(self.settings))
+            self.started_broker = False
