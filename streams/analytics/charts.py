@@ -47,7 +47,7 @@ def stacked_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequenc
     parts = _axis(top, unit)
     for i, label in enumerate(labels):
         x = PAD_L + i * step + (step - bar_w) / 2
-        y = HEIGHT - PAD_B
+        y = float(HEIGHT - PAD_B)
         for j, (name, values) in enumerate(series.items()):
             h = plot_h * values[i] / top
             y -= h

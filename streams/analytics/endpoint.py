@@ -117,7 +117,7 @@ class QueryEndpoint:
         await site.start()
         server = site._server  # aiohttp exposes the bound socket only here
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.port}"
         advert = self.data_path / ADVERT_FILE
         tmp = advert.with_suffix(".tmp")

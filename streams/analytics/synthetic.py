@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from schemas.errors import ErrorReason
 from schemas.usage import UsageEvent
@@ -40,7 +41,7 @@ def synthetic_events(
         input_tokens = rng.randint(20, 4000)
         output_tokens = rng.randint(1, 1000)
         roll = rng.random()
-        status = "error" if roll < 0.03 else "cached" if roll < 0.13 else "ok"
+        status: Literal["ok", "error", "cached"] = "error" if roll < 0.03 else "cached" if roll < 0.13 else "ok"
         cost = round((input_tokens * in_price + output_tokens * out_price) / 1e6, 6)
         yield UsageEvent(
             event_id=f"{prefix}-{seed}-{i}:1",
