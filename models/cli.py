@@ -72,7 +72,7 @@ def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batc
 
     Raises :class:`ExecutionProviderUnavailable` when the provider is not the active one.
     """
-    from models.bench import SAMPLE_SENTENCES
+    from models.corpus import SAMPLE_SENTENCES
     from models.embedder import Embedder, new_session_pool
     from models.session import available_providers, create_session
 

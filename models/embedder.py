@@ -2,8 +2,10 @@
 
 ``embed`` is synchronous; ``embed_async`` runs it in a thread executor (one worker by default, so
 concurrent calls queue instead of oversubscribing the cores onnxruntime already uses). Texts of one call are
-sorted by token count and run in chunks of at most ``max_batch_size``, each padded to its longest text (or to
-its length bucket on CUDA, where fewer distinct shapes pay off), then put back in the caller's order.
+sorted by token count and run in chunks of at most ``max_batch_size`` that never mix length buckets, each
+padded to its longest text (or to its bucket on CUDA, where fewer distinct shapes pay off), then put back in
+the caller's order. Keeping short texts out of long texts' chunks saves padding work and, for int8, keeps a
+long text's activations from widening the dynamic quantisation range of a short one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from models.build import Variant, ensure_model
 from models.pool import ModelPool
 from models.session import Device, EncoderSession, ProviderReport, create_session, nvidia_device_present
-from models.tokenize import DEFAULT_BUCKETS, TextTokenizer, pad_ids
+from models.tokenize import DEFAULT_BUCKETS, TextTokenizer, bucket_for, pad_ids
 from models.weights import MINILM, ModelSpec
 
 DEFAULT_POOL_BUDGET = 1 << 30
@@ -143,12 +145,28 @@ class Embedder:
             return out
         session = self.session
         ids = self.tokenizer.encode(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         buckets = self.buckets if self._use_buckets(session) else None
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start : start + self.max_batch_size]
+        for chunk in self.chunks([len(x) for x in ids]):
             out[chunk] = session.run(pad_ids([ids[i] for i in chunk], buckets=buckets))
         return out
+
+    def chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped for inference: shortest first, at most ``max_batch_size`` each, never mixing length
+        buckets (so a short text is not padded to a long one's length)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            if current and (
+                len(current) >= self.max_batch_size
+                or bucket_for(lengths[i], self.buckets) != bucket_for(lengths[current[0]], self.buckets)
+            ):
+                chunks.append(current)
+                current = []
+            current.append(i)
+        if current:
+            chunks.append(current)
+        return chunks
 
     def _use_buckets(self, session: EncoderSession) -> bool:
         return session.report.on_cuda if self._pad_to_buckets is None else self._pad_to_buckets

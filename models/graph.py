@@ -119,10 +119,13 @@ class _EncoderGraph:
         residual = self.op("Add", [out, x], f"{n}/ffn_residual")
         return self.layer_norm(residual, f"{p}.output.LayerNorm", f"{n}/ffn_ln")
 
-    def mean_pool_normalise(self, x: str) -> str:
-        """Mean over real tokens, then divide by the L2 norm: [batch, hidden]."""
+    def token_mask(self) -> str:
+        """The attention mask as float [batch, seq, 1], for zeroing and pooling padded positions."""
         mask = self.op("Cast", ["attention_mask"], "pool/cast", to=TensorProto.FLOAT)
-        mask = self.op("Unsqueeze", [mask, self.axis_last], "pool/mask")
+        return self.op("Unsqueeze", [mask, self.axis_last], "pool/mask")
+
+    def mean_pool_normalise(self, x: str, mask: str) -> str:
+        """Mean over real tokens, then divide by the L2 norm: [batch, hidden]."""
         summed = self.op("ReduceSum", [self.op("Mul", [x, mask], "pool/masked"), self.axis1], "pool/sum", keepdims=0)
         count = self.op("ReduceSum", [mask, self.axis1], "pool/count", keepdims=0)
         count = self.op("Max", [count, self.const("eps_count", np.array(1e-9, dtype=np.float32))], "pool/clamp")
@@ -132,12 +135,16 @@ class _EncoderGraph:
         return self.op("Div", [mean, norm], "norm/div", out=OUTPUT_NAME)
 
     def model(self) -> onnx.ModelProto:
-        x = self.embeddings()
+        tokens = self.token_mask()
+        # Padded positions start from zeros instead of the [PAD] embedding. Real tokens never attend to them, so
+        # this changes no embedding; it keeps padded rows' activations ordinary, which matters for int8, where
+        # one dynamic scale covers the whole batch tensor, padding included.
+        x = self.op("Mul", [self.embeddings(), tokens], "embeddings/zero_padding")
         mask = self.additive_mask()
         for i in range(self.spec.num_layers):
             p, n = f"encoder.layer.{i}", f"layer{i}"
             x = self.feed_forward(self.attention(x, mask, p, n), p, n)
-        self.mean_pool_normalise(x)
+        self.mean_pool_normalise(x, tokens)
         graph = helper.make_graph(
             self.nodes,
             f"{self.spec.name}-sentence-encoder",
