@@ -19,9 +19,15 @@ from streams.agents.gate import GateStage, Record
 from streams.catalog import Catalog, cached_catalog
 from streams.codec import dead_letter
 from streams.errors import InvalidRecord
-from streams.health_view import HealthView
+from streams.health_feed import HealthPublisher, follow_health
 from streams.providers.base import Provider
+from streams.providers.registry import UnknownAdapter, build_provider
 from streams.publisher import publish_all
+from streams.resilience.caller import ResilientCaller
+from streams.resilience.circuit_breaker import BreakerBoard
+from streams.resilience.limits import provider_share
+from streams.resilience.retry import RetryPolicy
+from streams.resilience.token_bucket import ProviderLimiter
 from streams.route import Router
 from streams.settings import Settings
 from streams.topics import Topics
@@ -55,15 +61,41 @@ def catalog_for(settings: Settings) -> Catalog:
 
 
 def build_providers(catalog: Catalog, settings: Settings) -> dict[str, Provider]:
-    """One adapter instance per catalog provider whose adapter this build knows."""
-    from streams.providers.openai import OpenAIProvider
+    """One adapter per catalog provider; a provider whose adapter this build lacks is left out, loudly."""
+    out: dict[str, Provider] = {}
+    for name, spec in catalog.providers.items():
+        try:
+            out[name] = build_provider(name, spec, settings.keys)
+        except UnknownAdapter:
+            log.warning("provider %s needs adapter %r, which this build does not have; skipped", name, spec.adapter)
+    return out
 
-    keys = settings.keys.model_dump()
-    return {
-        name: OpenAIProvider(name, spec, keys.get(spec.key) if spec.key else None)
+
+def build_caller(
+    providers: dict[str, Provider], catalog: Catalog, settings: Settings, board: BreakerBoard
+) -> tuple[ResilientCaller, dict[str, ProviderLimiter]]:
+    """The resilient caller and this worker's rate-limit share per provider (resized on rebalance)."""
+    r = settings.resilience
+    limiters = {
+        name: ProviderLimiter(name, rpm=spec.rpm, tpm=spec.tpm, burst=spec.burst)
         for name, spec in catalog.providers.items()
-        if spec.adapter == "openai"
+        if name in providers
     }
+    policy = RetryPolicy(max_attempts=r.retry_attempts, base_delay_s=r.retry_base_delay_s,
+                         max_delay_s=r.retry_max_delay_s)
+    caller = ResilientCaller(providers, board, limiters, policy=policy, limiter_wait_s=r.limiter_wait_s)
+    return caller, limiters
+
+
+def resize_limits(limiters: dict[str, ProviderLimiter], catalog: Catalog, partitions: int, owned: set[int]) -> None:
+    """Give this worker the share of each provider's limits that its routed partitions own.
+
+    Shares are split per partition, so whatever the assignment, the workers' shares sum to at
+    most the provider's limit: the cluster never exceeds it.
+    """
+    for name, limiter in limiters.items():
+        share = provider_share(catalog.providers[name], partitions, owned)
+        limiter.resize(rpm=share.rpm, tpm=share.tpm, burst=share.burst)
 
 
 def worker_id() -> str:
@@ -97,21 +129,28 @@ def build_app(settings: Settings) -> faust.App:
     publisher = FaustPublisher(app)
     catalog = catalog_for(settings)
     router = Router(catalog)
-    health = HealthView()
     wid = worker_id()
     providers = build_providers(catalog, settings)
+    board = BreakerBoard(
+        failure_threshold=settings.resilience.breaker_failures,
+        recovery_timeout_s=settings.resilience.breaker_recovery_s,
+        on_transition=HealthPublisher(publisher, topics.health),
+        worker=wid,
+    )
+    caller, limiters = build_caller(providers, catalog, settings, board)
+
+    def available(provider: str) -> bool:
+        return provider in providers and board[provider].state != "open"
     gate = GateStage(
         topics=topics,
         router=router,
-        health=health,
+        available=available,
         publisher=publisher,
         max_request_bytes=settings.worker.max_request_bytes,
         dlq_max_payload_bytes=settings.worker.dlq_max_payload_bytes,
         default_tier=settings.default_tier,
     )
-    dispatch = DispatchStage(
-        topics=topics, router=router, providers=providers, health=health, publisher=publisher, worker_id=wid
-    )
+    dispatch = DispatchStage(topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid)
 
     def raw_topic(name: str) -> Any:
         return app.topic(
@@ -170,6 +209,16 @@ def build_app(settings: Settings) -> faust.App:
             await dispatch.handle(routed)
 
         await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
+
+    @app.task
+    async def health_feed() -> None:
+        await follow_health(board, bootstrap=bootstrap, topic=topics.health,
+                            lookback_s=settings.resilience.breaker_recovery_s)
+
+    @app.on_partitions_assigned.connect
+    async def _on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
+        owned = {tp.partition for tp in assigned if tp.topic == topics.routed}
+        resize_limits(limiters, catalog, settings.kafka.partitions, owned)
 
     @app.on_before_shutdown.connect
     async def _close_providers(_app: Any, **_: Any) -> None:

@@ -208,6 +208,9 @@ def bench(
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
     latency_ms: Annotated[float, typer.Option(help="Emulator latency per call.")] = 0.0,
     attach: Annotated[bool, typer.Option(help="Use an aifleet that is already up; start nothing.")] = False,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Provider catalog for the workers (default: the bench catalog, no rate limits).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -219,7 +222,10 @@ def bench(
     from streams.stack import Stack
 
     s = get_settings()
-    stack = None if attach else Stack(s, workers=workers, emulator_latency_ms=latency_ms)
+    from streams.settings import BENCH_CONFIG_FILE
+
+    stack = None if attach else Stack(s, workers=workers, emulator_latency_ms=latency_ms,
+                                      config_file=catalog or BENCH_CONFIG_FILE)
     try:
         if stack is not None:
             with err.status("starting broker, emulator and workers..."):

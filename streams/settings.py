@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.request import Tier
 
 DEFAULT_HOME = Path.home() / ".aifleet"
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "infra" / "config" / "aifleet.toml"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "infra" / "config"
+DEFAULT_CONFIG_FILE = CONFIG_DIR / "aifleet.toml"
+BENCH_CONFIG_FILE = CONFIG_DIR / "bench.toml"
 
 
 class _Section(BaseModel):
@@ -55,6 +57,17 @@ class WorkerSettings(_Section):
     commit_interval_s: float = 1.0
     producer_linger_ms: int = 2
     web_port: int | None = Field(default=None, description="Metrics/web port; None disables the web server.")
+
+
+class ResilienceSettings(_Section):
+    """Circuit breakers, retries and rate-limit waiting for provider calls."""
+
+    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a circuit.")
+    breaker_recovery_s: float = Field(default=60.0, gt=0, description="Open time before one half-open probe.")
+    retry_attempts: int = Field(default=3, ge=1, description="Tries per provider before falling back.")
+    retry_base_delay_s: float = Field(default=0.2, ge=0)
+    retry_max_delay_s: float = Field(default=5.0, ge=0)
+    limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
 
 
 class EmulatorSettings(_Section):
@@ -104,6 +117,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
     emulator: EmulatorSettings = EmulatorSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     keys: ProviderKeys = ProviderKeys()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
 

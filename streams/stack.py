@@ -44,6 +44,7 @@ class Stack:
     started_broker: bool = False
     bootstrap: str = ""
     emulator_url: str | None = None
+    config_file: Path | None = None
 
     @property
     def logs(self) -> Path:
@@ -63,6 +64,8 @@ class Stack:
         env = {**os.environ, "AIFLEET_KAFKA_BOOTSTRAP": self.bootstrap, "PYTHONUNBUFFERED": "1"}
         if self.emulator_url:
             env["AIFLEET_PROVIDER_BASE_URL"] = self.emulator_url
+        if self.config_file:
+            env["AIFLEET_CONFIG_FILE"] = str(self.config_file)
         return env
 
     def start(self) -> None:

@@ -1,16 +1,14 @@
-"""Dispatch: call the chosen provider, fall back on retryable failures, answer, and bill every attempt.
+"""Dispatch: call providers through breakers, rate limits, retries and fallback; answer; bill every attempt.
 
-For each routed request exactly one terminal Response is published (plus, when streaming, the
-chunks before it), and one UsageEvent per provider attempt. ``handle`` never raises: anything
+For each routed request exactly one terminal Response is published (after its chunks, when
+streaming) and one UsageEvent per provider call that was made. ``handle`` never raises: anything
 unexpected becomes a typed INTERNAL error response.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schemas.base import Event
@@ -19,27 +17,37 @@ from schemas.request import Request
 from schemas.response import Latency, Response, RouteInfo, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
-from streams.errors import AifleetError, DeadlineExceeded, StreamInterrupted
-from streams.health_view import HealthView
-from streams.providers.base import Completion, Provider, StreamDelta, StreamEnd
+from streams.errors import AifleetError
+from streams.providers.base import StreamDelta, StreamEnd
 from streams.publisher import Publisher, publish_all
+from streams.resilience.caller import Attempt, ResilientCaller, StreamError
+from streams.resilience.clock import Deadline
 from streams.route import Router
-from streams.timing import elapsed_ms_since, remaining_s
+from streams.timing import elapsed_ms_since
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
+Outbox = list[tuple[str, Event, str | None]]
+
+
+def chain_of(routed: RoutedRequest) -> list[tuple[str, str]]:
+    """The route's provider first, then its fallbacks ("provider:model"), minus excluded providers."""
+    chain = [(routed.route.provider, routed.route.model)]
+    for entry in routed.route.fallback:
+        provider, _, model = entry.partition(":")
+        chain.append((provider, model))
+    skip = set(routed.excluded)
+    return [(p, m) for p, m in chain if p not in skip]
+
 
 @dataclass
 class _Run:
-    """What one request's dispatch accumulated across attempts."""
+    """One request's dispatch: what it published so far and what it cost."""
 
     routed: RoutedRequest
-    attempts: int = 0
-    provider_ms: float = 0.0
-    excluded: list[str] = field(default_factory=list)
-    usage: list[UsageEvent] = field(default_factory=list)
     chunks_sent: int = 0
+    outbox: Outbox = field(default_factory=list)
 
     @property
     def request(self) -> Request:
@@ -54,199 +62,132 @@ class DispatchStage:
         *,
         topics: Topics,
         router: Router,
-        providers: Mapping[str, Provider],
-        health: HealthView,
+        caller: ResilientCaller,
         publisher: Publisher,
         worker_id: str,
     ) -> None:
         self._topics = topics
         self._router = router
-        self._providers = providers
-        self._health = health
+        self._caller = caller
         self._pub = publisher
         self._worker = worker_id
 
     async def handle(self, routed: RoutedRequest) -> None:
         """Serve one routed request to its single terminal response."""
-        run = _Run(routed=routed, excluded=list(routed.excluded))
-        route = routed.route
-        final: list[tuple[str, Event, str | None]]
+        run = _Run(routed=routed)
         try:
-            final = await self._serve(run, route)
+            await self._serve(run)
         except Exception as exc:
             log.exception("dispatch failed unexpectedly for %s", routed.request.request_id)
             err = AifleetError(f"internal error: {type(exc).__name__}")
-            final = [(routed.reply_topic, self._error_response(run, err, route), run.request.request_id)]
-        usage = [(self._topics.usage, u, u.tenant) for u in run.usage]
-        await publish_all(self._pub, [*usage, *final])
+            run.outbox = [item for item in run.outbox if item[0] == self._topics.usage]
+            run.outbox.append((routed.reply_topic, self._error_response(run, err, [], routed.route), None))
+        await publish_all(self._pub, run.outbox)
 
-    async def _serve(self, run: _Run, route: RouteInfo) -> list[tuple[str, Event, str | None]]:
+    async def _serve(self, run: _Run) -> None:
         request = run.request
-        last_error: AifleetError | None = None
-        while True:
-            left = remaining_s(request.deadline)
-            if left <= 0:
-                err = DeadlineExceeded(
-                    f"deadline of {request.deadline_ms} ms passed after {run.attempts} attempt(s)"
-                    + (f"; last error: {last_error.message}" if last_error else "")
-                )
-                return [(run.routed.reply_topic, self._error_response(run, err, route), request.request_id)]
-            run.attempts += 1
-            try:
-                return await self._attempt(run, route, left)
-            except AifleetError as exc:
-                last_error = exc
-                self._record_usage(run, route, error=exc)
-                if not exc.retryable or run.chunks_sent:
-                    return self._terminal_error(run, route, exc)
-                run.excluded.append(route.provider)
-                try:
-                    route = self._router.choose(request, excluded=run.excluded, available=self._health.available)
-                except AifleetError:
-                    return self._terminal_error(run, route, exc)
+        chain = chain_of(run.routed)
+        deadline = Deadline.at_wall(request.deadline)
+        if request.stream and request.kind == "chat":
+            await self._serve_stream(run, chain, deadline)
+            return
+        if request.kind == "embedding":
+            result_e = await self._caller.embed(request, chain, deadline)
+            attempts = result_e.attempts
+            self._bill(run, attempts)
+            if result_e.value is None or result_e.error is not None:
+                self._answer_error(run, result_e.error, attempts)
+                return
+            emb = result_e.value
+            self._answer_ok(run, attempts, model=emb.model, usage=emb.usage, embeddings=emb.vectors)
+            return
+        result = await self._caller.complete(request, chain, deadline)
+        self._bill(run, result.attempts)
+        if result.value is None or result.error is not None:
+            self._answer_error(run, result.error, result.attempts)
+            return
+        c = result.value
+        self._answer_ok(run, result.attempts, model=c.model, usage=c.usage, output=c.text)
 
-    def _terminal_error(self, run: _Run, route: RouteInfo, exc: AifleetError) -> list[tuple[str, Event, str | None]]:
-        out: list[tuple[str, Event, str | None]] = []
+    async def _serve_stream(self, run: _Run, chain: list[tuple[str, str]], deadline: Deadline) -> None:
         request = run.request
-        if run.chunks_sent:
-            chunk = StreamChunk(
-                request_id=request.request_id,
-                tenant=request.tenant,
-                seq=run.chunks_sent,
-                provider=route.provider,
-                model=route.model,
-                final=True,
-                error=exc.to_info(),
-            )
-            out.append((self._topics.chunks_for(run.routed.reply_topic), chunk, request.request_id))
-        out.append((run.routed.reply_topic, self._error_response(run, exc, route), request.request_id))
-        return out
+        chunk_topic = self._topics.chunks_for(run.routed.reply_topic)
+        stream = self._caller.stream(request, chain, deadline)
+        parts: list[str] = []
+        pending = []
+        end: StreamEnd | None = None
+        failure: AifleetError | None = None
+        async for item in stream:
+            if isinstance(item, StreamDelta):
+                chunk = StreamChunk(request_id=request.request_id, tenant=request.tenant, seq=run.chunks_sent,
+                                    delta=item.text, provider=stream.provider, model=stream.model)
+                pending.append(await self._pub.publish(chunk_topic, chunk, key=request.request_id))
+                run.chunks_sent += 1
+                parts.append(item.text)
+            elif isinstance(item, StreamEnd):
+                end = item
+            elif isinstance(item, StreamError):
+                failure = item.error
+        for fut in pending:
+            await fut
+        attempts = list(stream.attempts)
+        self._bill(run, attempts)
+        closing = StreamChunk(
+            request_id=request.request_id, tenant=request.tenant, seq=run.chunks_sent, provider=stream.provider,
+            model=stream.model, final=True, error=failure.to_info() if failure and run.chunks_sent else None,
+        )
+        if end is None or failure is not None:
+            if run.chunks_sent:
+                run.outbox.append((chunk_topic, closing, request.request_id))
+            self._answer_error(run, failure, attempts)
+            return
+        run.outbox.append((chunk_topic, closing, request.request_id))
+        self._answer_ok(run, attempts, model=end.model, usage=end.usage, output="".join(parts))
 
-    async def _attempt(self, run: _Run, route: RouteInfo, left_s: float) -> list[tuple[str, Event, str | None]]:
-        provider = self._providers.get(route.provider)
-        if provider is None:
-            raise AifleetError(f"provider {route.provider!r} is in the catalog but has no adapter")
+    # -- answers and bills -------------------------------------------------------------------
+    @staticmethod
+    def _route_of(first: RouteInfo, attempts: Sequence[Attempt]) -> RouteInfo:
+        """The route that actually served: the planned one, or the fallback that answered."""
+        served = next((a for a in reversed(attempts) if a.outcome == "ok"), None)
+        if served is None or (served.provider == first.provider and served.model == first.model):
+            return first
+        return RouteInfo(provider=served.provider, model=served.model,
+                         reason=f"fallback after {first.provider}:{first.model} failed", fallback=[])
+
+    def _answer_ok(
+        self,
+        run: _Run,
+        attempts: Sequence[Attempt],
+        *,
+        model: str,
+        usage: TokenUsage,
+        output: str | None = None,
+        embeddings: list[list[float]] | None = None,
+    ) -> None:
         request = run.request
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(left_s):
-                if request.kind == "embedding":
-                    emb = await provider.embed(request, route.model)
-                    completion = Completion(text="", model=emb.model, usage=emb.usage)
-                    vectors: list[list[float]] | None = emb.vectors
-                elif request.stream:
-                    completion = await self._stream(run, provider, route)
-                    vectors = None
-                else:
-                    completion = await provider.complete(request, route.model)
-                    vectors = None
-        except TimeoutError as exc:
-            run.provider_ms += (time.perf_counter() - started) * 1000
-            raise DeadlineExceeded(
-                f"{route.provider} did not finish before the request's deadline", provider=route.provider
-            ) from exc
-        except AifleetError:
-            run.provider_ms += (time.perf_counter() - started) * 1000
-            raise
-        call_ms = (time.perf_counter() - started) * 1000
-        run.provider_ms += call_ms
-        cost = self._cost(route, completion.usage)
-        self._record_usage(run, route, usage=completion.usage, cost=cost, latency_ms=call_ms)
+        route = self._route_of(run.routed.route, attempts)
         response = Response(
             request_id=request.request_id,
             tenant=request.tenant,
             status="ok",
             provider=route.provider,
-            model=completion.model,
-            output=completion.text if request.kind == "chat" else None,
-            embeddings=vectors,
-            usage=completion.usage,
-            cost_usd=cost,
-            latency=Latency(total_ms=elapsed_ms_since(request.created_at), provider_ms=run.provider_ms),
-            attempts=run.attempts,
+            model=model,
+            output=output,
+            embeddings=embeddings,
+            usage=usage,
+            cost_usd=self._cost(route.provider, route.model, usage),
+            latency=Latency(total_ms=elapsed_ms_since(request.created_at), provider_ms=_provider_ms(attempts)),
+            attempts=sum(1 for a in attempts if a.called),
             route=route,
         )
-        return [(run.routed.reply_topic, response, request.request_id)]
+        run.outbox.append((run.routed.reply_topic, response, request.request_id))
 
-    async def _stream(self, run: _Run, provider: Provider, route: RouteInfo) -> Completion:
-        """Relay a provider stream as chunks; the caller publishes the closing response."""
-        request = run.request
-        topic = self._topics.chunks_for(run.routed.reply_topic)
-        pending: list = []
-        parts: list[str] = []
-        end: StreamEnd | None = None
-        try:
-            async for item in provider.stream(request, route.model):
-                if isinstance(item, StreamDelta):
-                    chunk = StreamChunk(
-                        request_id=request.request_id,
-                        tenant=request.tenant,
-                        seq=run.chunks_sent,
-                        delta=item.text,
-                        provider=route.provider,
-                        model=route.model,
-                    )
-                    pending.append(await self._pub.publish(topic, chunk, key=request.request_id))
-                    run.chunks_sent += 1
-                    parts.append(item.text)
-                else:
-                    end = item
-        finally:
-            if pending:
-                await asyncio.gather(*pending)
-        if end is None:
-            raise StreamInterrupted(f"{route.provider} stream ended without usage", provider=route.provider)
-        closing = StreamChunk(
-            request_id=request.request_id,
-            tenant=request.tenant,
-            seq=run.chunks_sent,
-            provider=route.provider,
-            model=route.model,
-            final=True,
-        )
-        await (await self._pub.publish(topic, closing, key=request.request_id))
-        return Completion(text="".join(parts), model=end.model, usage=end.usage, finish_reason=end.finish_reason)
+    def _answer_error(self, run: _Run, error: AifleetError | None, attempts: Sequence[Attempt]) -> None:
+        err = error or AifleetError("no provider produced an answer")
+        run.outbox.append((run.routed.reply_topic, self._error_response(run, err, attempts, run.routed.route),
+                           run.request.request_id))
 
-    def _cost(self, route: RouteInfo, usage: TokenUsage) -> float:
-        spec = self._router.model_spec(route.provider, route.model)
-        return spec.cost_usd(usage.input_tokens, usage.output_tokens) if spec else 0.0
-
-    def _record_usage(
-        self,
-        run: _Run,
-        route: RouteInfo,
-        *,
-        usage: TokenUsage | None = None,
-        cost: float = 0.0,
-        latency_ms: float = 0.0,
-        error: AifleetError | None = None,
-    ) -> None:
-        request = run.request
-        usage = usage or TokenUsage()
-        run.usage.append(
-            UsageEvent(
-                event_id=f"{request.request_id}:{run.attempts}",
-                request_id=request.request_id,
-                tenant=request.tenant,
-                tier=run.routed.tier,
-                kind=request.kind,
-                provider=route.provider,
-                model=route.model,
-                status="error" if error else "ok",
-                error_reason=error.reason if error else None,
-                attempt=run.attempts,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=cost,
-                latency_ms=latency_ms,
-                streamed=request.stream,
-                route_reason=route.reason,
-                region=request.region,
-                worker=self._worker,
-            )
-        )
-
-    def _error_response(self, run: _Run, exc: AifleetError, route: RouteInfo) -> Response:
+    def _error_response(self, run: _Run, exc: AifleetError, attempts: Sequence[Attempt], route: RouteInfo) -> Response:
         request = run.request
         return Response(
             request_id=request.request_id,
@@ -254,7 +195,45 @@ class DispatchStage:
             status="error",
             error=exc.to_info(),
             provider=exc.provider,
-            latency=Latency(total_ms=elapsed_ms_since(request.created_at), provider_ms=run.provider_ms),
-            attempts=run.attempts,
+            latency=Latency(total_ms=elapsed_ms_since(request.created_at), provider_ms=_provider_ms(attempts)),
+            attempts=sum(1 for a in attempts if a.called),
             route=route,
         )
+
+    def _cost(self, provider: str, model: str, usage: TokenUsage) -> float:
+        spec = self._router.model_spec(provider, model)
+        return spec.cost_usd(usage.input_tokens, usage.output_tokens) if spec else 0.0
+
+    def _bill(self, run: _Run, attempts: Sequence[Attempt]) -> None:
+        """One usage event per call that was made; ids are stable, so a replay never double-counts."""
+        request = run.request
+        n = 0
+        for a in attempts:
+            if not a.called:
+                continue
+            n += 1
+            usage = a.usage or TokenUsage()
+            run.outbox.append((self._topics.usage, UsageEvent(
+                event_id=f"{request.request_id}:{n}",
+                request_id=request.request_id,
+                tenant=request.tenant,
+                tier=run.routed.tier,
+                kind=request.kind,
+                provider=a.provider,
+                model=a.model,
+                status="ok" if a.outcome == "ok" else "error",
+                error_reason=a.reason,
+                attempt=n,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=self._cost(a.provider, a.model, usage),
+                latency_ms=a.latency_s * 1000,
+                streamed=request.stream,
+                route_reason=run.routed.route.reason,
+                region=request.region,
+                worker=self._worker,
+            ), request.tenant))
+
+
+def _provider_ms(attempts: Sequence[Attempt]) -> float:
+    return sum(a.latency_s for a in attempts if a.called) * 1000

@@ -6,6 +6,7 @@ readable) a typed error response. Nothing raises out of ``handle``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.request import Request, Tier
@@ -13,7 +14,6 @@ from schemas.response import Latency, Response
 from schemas.routed import RoutedRequest
 from streams.codec import dead_letter, decode_request
 from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord
-from streams.health_view import HealthView
 from streams.publisher import Publisher, publish_all
 from streams.route import Router
 from streams.timing import elapsed_ms_since
@@ -38,7 +38,7 @@ class GateStage:
         *,
         topics: Topics,
         router: Router,
-        health: HealthView,
+        available: Callable[[str], bool],
         publisher: Publisher,
         max_request_bytes: int,
         dlq_max_payload_bytes: int,
@@ -46,7 +46,7 @@ class GateStage:
     ) -> None:
         self._topics = topics
         self._router = router
-        self._health = health
+        self._available = available
         self._pub = publisher
         self._max_bytes = max_request_bytes
         self._dlq_max = dlq_max_payload_bytes
@@ -97,7 +97,7 @@ class GateStage:
     async def _admit(self, request: Request) -> None:
         reply = request.reply_topic or self._topics.responses
         try:
-            route = self._router.choose(request, available=self._health.available)
+            route = self._router.choose(request, available=self._available)
         except AifleetError as exc:
             response = Response(
                 request_id=request.request_id,

@@ -1,0 +1,72 @@
+"""Provider health shared by every worker: breaker transitions out to the health topic, and back in.
+
+Each worker publishes its circuit breakers' transitions and applies everyone else's, so a
+provider that one worker saw fail is skipped by all of them. The feed reads without a consumer
+group (every worker must see every event), starting a little before now so a fresh worker learns
+of circuits that are open at the moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.health import ProviderHealth
+from streams.publisher import Publisher
+from streams.resilience.circuit_breaker import BreakerBoard
+
+log = logging.getLogger(__name__)
+
+
+class HealthPublisher:
+    """The breaker board's transition callback: publishes each transition, keyed by provider."""
+
+    def __init__(self, publisher: Publisher, topic: str) -> None:
+        self._pub = publisher
+        self._topic = topic
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, event: ProviderHealth) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, event: ProviderHealth) -> None:
+        try:
+            await (await self._pub.publish(self._topic, event, key=event.provider))
+        except Exception:
+            log.warning("could not publish health transition for %s", event.provider, exc_info=True)
+
+
+async def follow_health(board: BreakerBoard, *, bootstrap: str, topic: str, lookback_s: float) -> None:
+    """Apply every health event on ``topic`` (from ``lookback_s`` ago on) to ``board``, forever."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        since_ms = int((time.time() - lookback_s) * 1000)
+        offsets = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        for tp in tps:
+            found = offsets.get(tp)
+            if found is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, found.offset)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        board.apply(ProviderHealth.from_json(record.value))
+                    except (ValidationError, ValueError):
+                        log.warning("ignoring a malformed health event at offset %s", record.offset)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
