@@ -1,13 +1,22 @@
-"""The provider catalog: providers, their models and prices, limits and roles, read from TOML."""
+"""The provider catalog: providers, their models and prices, limits and roles, plus tiers, tenants
+and routing thresholds, read from TOML.
+
+``[providers.*]`` is what aifleet may route to. ``[tiers.*]`` says what each tier may use (daily request
+quota, default quality floor, provider allow-list, default monthly budget); tiers the file leaves out
+keep the defaults of ``DEFAULT_TIERS``. ``[tenants.*]`` pins a tenant's tier, monthly budget and region.
+``[routing]`` holds the cost-aware policy's thresholds and the token-estimate parameters.
+"""
 
 from __future__ import annotations
 
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.request import Tier
 
 Capability = Literal["chat", "embeddings", "streaming", "tools"]
 Role = Literal["primary", "secondary", "backup"]
@@ -61,11 +70,95 @@ class ProviderSpec(_Frozen):
         return next((m for m in self.models if m.name == name), None)
 
 
+ALL_PROVIDERS = "*"
+"""In a tier's ``providers`` allow-list: every provider of the catalog."""
+
+
+class TierSpec(_Frozen):
+    """What a tier may use: requests per UTC day, the default quality floor, which providers, what budget."""
+
+    requests_per_day: int | None = Field(default=None, ge=0, description="None: unlimited.")
+    quality_floor: float = Field(default=0.0, ge=0, le=1, description="Used when a request sets none.")
+    providers: list[str] = Field(
+        default_factory=lambda: [ALL_PROVIDERS],
+        description="Allow-list; '*' = all. Names absent from the catalog are ignored (optional self-hosted ones).",
+    )
+    monthly_budget_usd: float | None = Field(
+        default=None, ge=0, description="Budget of tenants of this tier that set none (None: unlimited)."
+    )
+
+    def allows(self, provider: str) -> bool:
+        """Whether this tier may send requests to ``provider``."""
+        return ALL_PROVIDERS in self.providers or provider in self.providers
+
+
+LOCAL_PROVIDERS = ["local", "vllm", "ollama"]
+"""Self-hosted providers (no per-token bill) that every tier may use."""
+
+DEFAULT_TIERS: dict[Tier, TierSpec] = {
+    "free": TierSpec(requests_per_day=100, quality_floor=0.5, providers=list(LOCAL_PROVIDERS)),
+    "basic": TierSpec(requests_per_day=1_000, quality_floor=0.6, providers=["openai", *LOCAL_PROVIDERS]),
+    "pro": TierSpec(requests_per_day=10_000, quality_floor=0.7),
+    "enterprise": TierSpec(requests_per_day=None, quality_floor=0.8),
+}
+"""The shipped tiers; ``[tiers.<name>]`` in the TOML replaces one as a whole."""
+
+
+class TenantSpec(_Frozen):
+    """One tenant's pinned settings; tenants not listed get ``Settings.default_tier`` and its defaults."""
+
+    tier: Tier
+    monthly_budget_usd: float | None = Field(default=None, ge=0, description="None: the tier's default.")
+    region: str | None = Field(default=None, description="Preferred region when a request declares none.")
+    requests_per_day: int | None = Field(default=None, ge=0, description="None: the tier's quota.")
+
+
+class RoutingSpec(_Frozen):
+    """Thresholds of the cost-aware policy and the parameters of the pre-dispatch token estimate."""
+
+    secondary_load_threshold: float = Field(default=0.8, ge=0, le=1)
+    default_output_tokens: int = Field(default=256, ge=0, description="Output estimate when max_tokens is unset.")
+    chars_per_token: float = Field(default=4.0, gt=0)
+    tokens_per_message: int = Field(default=3, ge=0, description="Chat framing per message (role, separators).")
+    reply_priming_tokens: int = Field(default=3, ge=0, description="Tokens that prime the assistant's reply.")
+    latency_window: int = Field(default=512, ge=1, description="Latency samples kept per provider and model.")
+    reservation_ttl_s: float = Field(default=3_600.0, gt=0, description="Unsettled budget reservations expire.")
+    region_proximity: dict[str, list[str]] = Field(
+        default_factory=dict, description="Per request region, the other regions from nearest to farthest."
+    )
+
+
 class Catalog(_Frozen):
-    """Every provider aifleet may route to, by name."""
+    """Every provider aifleet may route to, by name, and the tiers, tenants and thresholds of routing."""
 
     prices_read: str | None = None
     providers: dict[str, ProviderSpec]
+    tiers: dict[Tier, TierSpec] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    routing: RoutingSpec = RoutingSpec()
+
+    @model_validator(mode="after")
+    def _every_tier_defined(self) -> Self:
+        missing = {name: spec for name, spec in DEFAULT_TIERS.items() if name not in self.tiers}
+        if missing:
+            object.__setattr__(self, "tiers", {**missing, **self.tiers})
+        return self
+
+    def tier(self, name: str) -> TierSpec:
+        """The spec of tier ``name`` (KeyError for a name that is not a tier)."""
+        return self.tiers[name]  # type: ignore[index]
+
+    def tier_of(self, tenant: str, hint: Tier | None = None, default: Tier = "pro") -> Tier:
+        """A tenant's tier: its configured one, else the request's hint, else ``default``."""
+        spec = self.tenants.get(tenant)
+        if spec is not None:
+            return spec.tier
+        return hint or default
+
+    def region_of(self, tenant: str) -> str | None:
+        """A tenant's configured region, if any."""
+        spec = self.tenants.get(tenant)
+        return spec.region if spec else None
 
     def with_base_url_override(self, emulator_url: str) -> Catalog:
         """The same catalog with every provider pointed at the emulator (no keys set)."""
@@ -80,7 +173,13 @@ def load_catalog(path: Path) -> Catalog:
     """Read and validate a catalog TOML file."""
     with path.open("rb") as fh:
         raw = tomllib.load(fh)
-    return Catalog.model_validate({"prices_read": raw.get("prices_read"), "providers": raw.get("providers", {})})
+    return Catalog.model_validate(
+        {
+            "prices_read": raw.get("prices_read"),
+            "providers": raw.get("providers", {}),
+            **{k: raw[k] for k in ("tiers", "tenants", "routing") if k in raw},
+        }
+    )
 
 
 @lru_cache(maxsize=8)
