@@ -1,0 +1,132 @@
+"""Embedder (sync, async, with the MicroBatcher), the bench function and the typer app, on the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from models.batching import MicroBatcher
+from models.bench import run_infer_bench
+from models.build import build_variants
+from models.cli import app
+from models.embedder import Embedder, new_session_pool
+from models.session import CPU
+
+TEXTS = [
+    "How do I reset my password?",
+    "Hi",
+    "Kafka consumer groups rebalance when a member joins or leaves the group, which pauses consumption briefly.",
+    "What is the capital of France?",
+    "The cat sat on the mat.",
+    "Explain exactly-once semantics in stream processing with an example involving a bank transfer " * 3,
+    "ok",
+]
+
+
+@pytest.fixture(scope="session")
+def models_home(request: pytest.FixtureRequest) -> Path:
+    """All variants built once into pytest's cache dir (a no-op when they are already fresh)."""
+    home = Path(request.config.cache.mkdir("aifleet-models"))
+    build_variants(("fp32", "int8", "fp16"), home=home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def embedder(models_home: Path) -> Embedder:
+    emb = Embedder("fp32", "cpu", home=models_home, pool=new_session_pool(), max_batch_size=3)
+    yield emb  # type: ignore[misc]
+    emb.close()
+
+
+def test_embed_shape_order_and_norm(embedder: Embedder) -> None:
+    out = embedder.embed(TEXTS)
+    assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.concatenate([embedder.embed([t]) for t in TEXTS])
+    # Sorting, chunking (max 3) and padding put every row back where its text was.
+    assert float(np.abs(out - one_by_one).max()) <= 1e-5
+    assert embedder.report.provider == CPU
+
+
+def test_chunks_never_mix_buckets_or_exceed_max_batch(embedder: Embedder) -> None:
+    lengths = [3, 200, 5, 40, 6, 7, 8, 17, 300]
+    chunks = embedder.chunks(lengths)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) <= 3
+        assert len({min(b for b in (16, 32, 64, 128, 256, 512) if b >= lengths[i]) for i in chunk}) == 1
+
+
+def test_empty_and_bad_input(embedder: Embedder) -> None:
+    assert embedder.embed([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        embedder.embed("not a list")  # type: ignore[arg-type]
+
+
+async def test_embed_async_matches_sync(embedder: Embedder) -> None:
+    got = await embedder.embed_async(TEXTS)
+    assert float(np.abs(got - embedder.embed(TEXTS)).max()) <= 1e-6
+
+
+async def test_micro_batched_embeddings_equal_direct_ones(embedder: Embedder) -> None:
+    async def run(items: list[str]) -> list[np.ndarray]:
+        return list(await embedder.embed_async(items))
+
+    async with MicroBatcher(run, max_batch=4, max_wait_ms=5) as batcher:
+        rows = await asyncio.wait_for(batcher.submit_many(TEXTS * 3), 60)
+    assert batcher.stats.largest_batch > 1  # callers really were batched together
+    direct = embedder.embed(TEXTS * 3)
+    assert float(np.abs(np.stack(rows) - direct).max()) <= 1e-5
+
+
+def test_run_infer_bench_reports_every_point(models_home: Path) -> None:
+    report = run_infer_bench(
+        ("fp32", "int8"), (1, 4), seconds=0.05, rounds=1, concurrency=4, home=models_home, microbatch=True
+    )
+    assert set(report["results"]) == {"fp32", "int8"}
+    for rows in report["results"].values():
+        assert [r["batch_size"] for r in rows] == [1, 4]
+        assert all(r["sentences_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert set(report["int8_vs_fp32"]) == {"1", "4"}
+    assert report["providers"]["int8"]["provider"] == CPU
+    mb = report["microbatch"]["int8"]
+    assert mb["sentences_per_s"] > 0 and mb["batch1_sentences_per_s"] > 0 and mb["ratio_vs_batch1"] > 0
+    json.dumps(report)  # JSON-friendly all the way down
+
+
+def test_cli_bench_json(models_home: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--json", "--batch-sizes", "1,2", "--seconds", "0.05", "--no-microbatch", "--home", str(models_home)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["batch_size"] for r in report["results"]["fp32"]] == [1, 2]
+
+
+def test_cli_check_cpu(models_home: Path) -> None:
+    result = CliRunner().invoke(app, ["check", "--device", "cpu", "--max-batch", "8", "--home", str(models_home)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["session"]["provider"] == CPU and report["variant"] == "fp32"
+    assert [r["batch_size"] for r in report["batches"]] == [1, 2, 4, 8]
+
+
+def test_cli_check_cuda_fails_clearly_without_a_gpu(models_home: Path) -> None:
+    result = CliRunner().invoke(app, ["check", "--device", "cuda", "--max-batch", "2", "--home", str(models_home)])
+    report = json.loads(result.stdout)
+    if report.get("ok"):
+        pytest.skip("CUDA really works on this machine")
+    assert result.exit_code == 2
+    assert "CUDA is unavailable" in report["error"]
+
+
+def test_cli_build_uses_the_cache(models_home: Path) -> None:
+    result = CliRunner().invoke(app, ["build", "--home", str(models_home)])
+    assert result.exit_code == 0, result.output
+    assert "cached" in result.stdout
