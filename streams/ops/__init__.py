@@ -1,0 +1,1 @@
+"""Operating aifleet: consumer lag, scaling advice, the lag exporter and their command line."""

@@ -1,0 +1,163 @@
+"""Consumer lag of a group: committed offsets against the partitions' end offsets, read with the AdminClient.
+
+Lag of a partition is ``end - committed``. A partition the group has never committed counts from the
+log start (``end - start``): aifleet's consumers start at ``earliest``, so everything still retained
+is waiting for them. That is also what KEDA's Kafka scaler reports with ``offsetResetPolicy: earliest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streams.errors import AifleetError
+from streams.settings import Settings
+
+# librdkafka's "no offset" sentinel (OFFSET_INVALID): the group has not committed this partition.
+NO_OFFSET = -1001
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """One partition's position for one group."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    start: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        """Records the group still has to consume (never negative)."""
+        base = self.start if self.committed is None else max(self.committed, self.start)
+        return max(0, self.end - base)
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    """A group's lag over some topics, partition by partition."""
+
+    group: str
+    partitions: list[PartitionLag] = field(default_factory=list)
+    missing_topics: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    def by_topic(self) -> dict[str, int]:
+        """Total lag per topic."""
+        out: dict[str, int] = {}
+        for p in self.partitions:
+            out[p.topic] = out.get(p.topic, 0) + p.lag
+        return out
+
+    def partition_counts(self) -> dict[str, int]:
+        """Partitions per topic, as the cluster reported them."""
+        out: dict[str, int] = {}
+        for p in self.partitions:
+            out[p.topic] = out.get(p.topic, 0) + 1
+        return out
+
+    @property
+    def max_partitions(self) -> int:
+        """The most partitions any one topic has: the useful upper bound on workers."""
+        return max(self.partition_counts().values(), default=0)
+
+
+def compute_lag(
+    committed: Mapping[TP, int | None], starts: Mapping[TP, int], ends: Mapping[TP, int]
+) -> list[PartitionLag]:
+    """Lag per partition from three offset maps keyed by (topic, partition); sorted by topic, partition."""
+    out = []
+    for tp in sorted(ends):
+        c = committed.get(tp)
+        out.append(
+            PartitionLag(
+                topic=tp[0],
+                partition=tp[1],
+                committed=None if c is None or c < 0 else c,
+                start=max(0, starts.get(tp, 0)),
+                end=ends[tp],
+            )
+        )
+    return out
+
+
+class _Admin(Protocol):  # the part of confluent_kafka.admin.AdminClient used here
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any: ...
+    def list_consumer_group_offsets(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+    def list_offsets(self, *args: Any, **kwargs: Any) -> dict[Any, Any]: ...
+
+
+def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
+    """librdkafka client configuration for the deployment's cluster, security included."""
+    k = settings.kafka
+    conf: dict[str, str] = {
+        "bootstrap.servers": bootstrap or settings.bootstrap or f"127.0.0.1:{k.port}",
+        "security.protocol": k.security_protocol,
+    }
+    if k.security_protocol.startswith("SASL"):
+        if k.sasl_mechanism:
+            conf["sasl.mechanism"] = k.sasl_mechanism
+        if k.sasl_username:
+            conf["sasl.username"] = k.sasl_username
+        if k.sasl_password is not None:
+            conf["sasl.password"] = k.sasl_password.get_secret_value()
+    return conf
+
+
+def consumer_lag(
+    bootstrap: str,
+    group: str,
+    topics: Sequence[str],
+    *,
+    client_config: Mapping[str, str] | None = None,
+    timeout_s: float = 10.0,
+    admin: _Admin | None = None,
+) -> LagReport:
+    """Read ``group``'s lag on ``topics`` from the cluster. Topics that do not exist are listed as missing."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    try:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+    except ImportError:  # pragma: no cover - older clients keep it in the admin module
+        from confluent_kafka.admin import ConsumerGroupTopicPartitions  # type: ignore[attr-defined,no-redef]
+
+    if admin is None:
+        conf = {**(client_config or {}), "bootstrap.servers": bootstrap}
+        admin = AdminClient(conf)
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+        tps: list[TP] = []
+        missing: list[str] = []
+        for topic in dict.fromkeys(topics):
+            meta = metadata.topics.get(topic)
+            if meta is None or getattr(meta, "error", None) is not None:
+                missing.append(topic)
+                continue
+            tps.extend((topic, p) for p in sorted(meta.partitions))
+        if not tps:
+            return LagReport(group=group, partitions=[], missing_topics=missing)
+        request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])]
+        committed: dict[TP, int | None] = {}
+        for fut in admin.list_consumer_group_offsets(request, request_timeout=timeout_s).values():
+            for tp in fut.result(timeout=timeout_s).topic_partitions:
+                committed[(tp.topic, tp.partition)] = None if tp.offset < 0 else tp.offset
+        ends = _offsets(admin, tps, OffsetSpec.latest(), TopicPartition, timeout_s)
+        starts = _offsets(admin, tps, OffsetSpec.earliest(), TopicPartition, timeout_s)
+    except AifleetError:
+        raise
+    except Exception as exc:  # confluent_kafka raises KafkaException with an error code
+        raise AifleetError(f"could not read consumer lag of group {group!r}: {exc}") from exc
+    return LagReport(group=group, partitions=compute_lag(committed, starts, ends), missing_topics=missing)
+
+
+def _offsets(admin: _Admin, tps: list[TP], spec: Any, tp_type: Any, timeout_s: float) -> dict[TP, int]:
+    futures = admin.list_offsets({tp_type(t, p): spec for t, p in tps}, request_timeout=timeout_s)
+    return {(tp.topic, tp.partition): fut.result(timeout=timeout_s).offset for tp, fut in futures.items()}
