@@ -27,7 +27,7 @@ from models.weights import MINILM, ModelSpec
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _stats(latencies_s: Sequence[float], sentences: int, busy_s: float) -> dict[str, float]:
+def _stats(latencies_s: Sequence[float], sentences: int, busy_s: float) -> dict[str, Any]:
     ms = np.asarray(latencies_s) * 1000.0
     return {
         "calls": len(latencies_s),
@@ -44,7 +44,7 @@ def _batch_of(texts: Sequence[str], size: int, start: int) -> list[str]:
 
 async def _microbatched(
     embedder: Embedder, texts: Sequence[str], seconds: float, concurrency: int, max_batch: int, max_wait_ms: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``concurrency`` callers each submitting one sentence at a time through a MicroBatcher."""
 
     async def run(items: list[str]) -> list[np.ndarray]:

@@ -105,6 +105,7 @@ class Embedder:
         self.home = models_home(home).parent
         self.device: Device = device
         self.variant: Variant = self._pick_variant(variant, device)
+        self._auto_variant = variant == "auto"
         self.max_batch_size = max_batch_size
         self.buckets = tuple(buckets)
         self._pad_to_buckets = pad_to_buckets
@@ -129,7 +130,13 @@ class Embedder:
     @property
     def session(self) -> EncoderSession:
         """The pooled session (loaded, warmed up and built first when needed)."""
-        return self._pool.get(SessionKey(self.spec.name, self.variant, self.device, self._threads, str(self.home)))
+        session = self._pool.get(SessionKey(self.spec.name, self.variant, self.device, self._threads, str(self.home)))
+        if self._auto_variant and self.variant == "fp16" and not session.report.on_cuda:
+            # "auto" picked fp16 for a GPU that onnxruntime could not use: fp32 is the right model for the CPU.
+            log.warning("fp16 model fell back to %s; using fp32 instead", session.provider)
+            self.variant = "fp32"
+            session = self._pool.get(SessionKey(self.spec.name, "fp32", self.device, self._threads, str(self.home)))
+        return session
 
     @property
     def report(self) -> ProviderReport:

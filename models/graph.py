@@ -10,6 +10,7 @@ of the graph: the one output is the sentence embedding [batch, hidden].
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import onnx
@@ -53,7 +54,7 @@ class _EncoderGraph:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], name: str, out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], name: str, out: str | None = None, **attrs: Any) -> str:
         output = out or f"{name}_out"
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output

@@ -130,3 +130,12 @@ def test_cli_build_uses_the_cache(models_home: Path) -> None:
     result = CliRunner().invoke(app, ["build", "--home", str(models_home)])
     assert result.exit_code == 0, result.output
     assert "cached" in result.stdout
+
+
+def test_auto_variant_on_a_gpu_that_does_not_work_uses_fp32(models_home: Path) -> None:
+    emb = Embedder("auto", "cuda", home=models_home, pool=new_session_pool())
+    assert emb.variant == "fp16"  # what a CUDA device would get
+    if emb.report.on_cuda:
+        pytest.skip("CUDA really works on this machine")
+    assert emb.variant == "fp32" and emb.report.fell_back
+    assert emb.embed(["hello"]).shape == (1, 384)
