@@ -2,7 +2,8 @@
 
 :func:`run_infer_bench` is what ``aifleet models bench`` and ``aifleet bench infer`` call. Variants are
 measured interleaved (round-robin in short slices) so a noisy neighbour on a shared machine slows them alike.
-Latency is one ``Embedder.embed`` call end to end: tokenisation, padding, inference, reordering.
+Latency is one ``Embedder.embed`` call end to end: tokenisation, padding, inference, reordering. Each row
+also has ``cpu_ms_per_call`` (process CPU time), which a busy neighbour distorts less than wall time.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def run_infer_bench(
         say(f"batch {size}")
         lat: dict[str, list[float]] = {v: [] for v in variants}
         busy: dict[str, float] = dict.fromkeys(variants, 0.0)
+        cpu: dict[str, float] = dict.fromkeys(variants, 0.0)
         calls = 0
         for v in variants:  # warm this shape up once
             embedders[v].embed(_batch_of(texts, size, 0))
@@ -126,14 +128,18 @@ def run_infer_bench(
                 while time.perf_counter() < slice_end or len(lat[v]) < min_calls:
                     batch = _batch_of(texts, size, calls)
                     calls += 1
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     embedders[v].embed(batch)
                     dt = time.perf_counter() - t0
                     lat[v].append(dt)
                     busy[v] += dt
+                    cpu[v] += time.process_time() - c0
         for v in variants:
             row: dict[str, Any] = {"batch_size": size}
             row.update(_stats(lat[v], len(lat[v]) * size, busy[v]))
+            # CPU time this process spent per call: less sensitive than wall time to other load on the machine
+            # (it includes onnxruntime's worker threads, spinning included).
+            row["cpu_ms_per_call"] = round(cpu[v] / len(lat[v]) * 1000.0, 3)
             results[v].append(row)
 
     report: dict[str, Any] = {
