@@ -37,6 +37,8 @@ def approx_tokens(text: str, chars_per_token: float = 4.0) -> int:
     """The approximate token count of ``text``: ceil(ASCII chars / chars_per_token) + non-ASCII chars."""
     if not text:
         return 0
+    if text.isascii():
+        return math.ceil(len(text) / chars_per_token)
     non_ascii = sum(1 for ch in text if ord(ch) > 127)
     return math.ceil((len(text) - non_ascii) / chars_per_token) + non_ascii
 
