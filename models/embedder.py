@@ -92,6 +92,7 @@ class Embedder:
         max_length: int = 512,
         pad_to_buckets: bool | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
+        pad_slack: float = 0.25,
         intra_op_threads: int | None = None,
         pool: ModelPool[SessionKey, EncoderSession] | None = None,
         executor: Executor | None = None,
@@ -108,6 +109,7 @@ class Embedder:
         self._auto_variant = variant == "auto"
         self.max_batch_size = max_batch_size
         self.buckets = tuple(buckets)
+        self.pad_slack = pad_slack
         self._pad_to_buckets = pad_to_buckets
         self._threads = intra_op_threads or 0
         self._pool = pool or session_pool()
@@ -153,23 +155,27 @@ class Embedder:
         session = self.session
         ids = self.tokenizer.encode(texts)
         buckets = self.buckets if self._use_buckets(session) else None
-        for chunk in self.chunks([len(x) for x in ids]):
+        for chunk in self.chunks([len(x) for x in ids], tight=buckets is None):
             out[chunk] = session.run(pad_ids([ids[i] for i in chunk], buckets=buckets))
         return out
 
-    def chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+    def chunks(self, lengths: Sequence[int], *, tight: bool = True) -> list[list[int]]:
         """Indices grouped for inference: shortest first, at most ``max_batch_size`` each, never mixing length
-        buckets (so a short text is not padded to a long one's length)."""
+        buckets (so a short text is not padded to a long one's length). With ``tight`` (padding to the longest,
+        the CPU case) a chunk also ends where the next text is longer than its first by more than
+        ``max(4, pad_slack * first)`` tokens: on CPU a smaller batch costs little, padding costs its full share."""
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunks: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            if current and (
-                len(current) >= self.max_batch_size
-                or bucket_for(lengths[i], self.buckets) != bucket_for(lengths[current[0]], self.buckets)
-            ):
-                chunks.append(current)
-                current = []
+            if current:
+                first = lengths[current[0]]
+                full = len(current) >= self.max_batch_size
+                other_bucket = bucket_for(lengths[i], self.buckets) != bucket_for(first, self.buckets)
+                too_long = tight and lengths[i] - first > max(4, self.pad_slack * first)
+                if full or other_bucket or too_long:
+                    chunks.append(current)
+                    current = []
             current.append(i)
         if current:
             chunks.append(current)

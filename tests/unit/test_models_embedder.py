@@ -60,6 +60,10 @@ def test_chunks_never_mix_buckets_or_exceed_max_batch(embedder: Embedder) -> Non
     for chunk in chunks:
         assert len(chunk) <= 3
         assert len({min(b for b in (16, 32, 64, 128, 256, 512) if b >= lengths[i]) for i in chunk}) == 1
+        first = min(lengths[i] for i in chunk)
+        assert max(lengths[i] for i in chunk) - first <= max(4, embedder.pad_slack * first)  # little padding
+    loose = embedder.chunks(lengths, tight=False)  # bucket padding (CUDA): only buckets and size split
+    assert [sorted(lengths[i] for i in c) for c in loose] == [[3, 5, 6], [7, 8], [17], [40], [200], [300]]
 
 
 def test_empty_and_bad_input(embedder: Embedder) -> None:
