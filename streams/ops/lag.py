@@ -1,4 +1,4 @@
-"""Consumer lag of a group: committed offsets against the partitions' end offsets, read with the AdminClient.
+"""Consumer lag of a group: committed offsets against the partitions' end offsets.
 
 Lag of a partition is ``end - committed``. A partition the group has never committed counts from the
 log start (``end - start``): aifleet's consumers start at ``earliest``, so everything still retained
@@ -7,6 +7,7 @@ is waiting for them. That is also what KEDA's Kafka scaler reports with ``offset
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,10 +89,11 @@ def compute_lag(
     return out
 
 
-class _Admin(Protocol):  # the part of confluent_kafka.admin.AdminClient used here
+class _Consumer(Protocol):  # the part of confluent_kafka.Consumer used here
     def list_topics(self, *args: Any, **kwargs: Any) -> Any: ...
-    def list_consumer_group_offsets(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
-    def list_offsets(self, *args: Any, **kwargs: Any) -> dict[Any, Any]: ...
+    def committed(self, *args: Any, **kwargs: Any) -> list[Any]: ...
+    def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]: ...
+    def close(self) -> None: ...
 
 
 def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
@@ -118,22 +120,28 @@ def consumer_lag(
     *,
     client_config: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
-    admin: _Admin | None = None,
+    consumer: _Consumer | None = None,
 ) -> LagReport:
-    """Read ``group``'s lag on ``topics`` from the cluster. Topics that do not exist are listed as missing."""
-    from confluent_kafka import TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
+    """Read ``group``'s lag on ``topics`` from the cluster. Topics that do not exist are listed as missing.
 
-    try:
-        from confluent_kafka import ConsumerGroupTopicPartitions
-    except ImportError:  # pragma: no cover - older clients keep it in the admin module
-        from confluent_kafka.admin import ConsumerGroupTopicPartitions  # type: ignore[attr-defined,no-redef]
+    It reads with a ``Consumer`` that carries the group id but never subscribes, so it does not join
+    the group or disturb its assignment. (``AdminClient.list_consumer_group_offsets`` crashes the
+    process in confluent-kafka 2.16 on a cluster whose ``__consumer_offsets`` does not exist yet.)
+    """
+    from confluent_kafka import Consumer, TopicPartition
 
-    if admin is None:
-        conf = {**(client_config or {}), "bootstrap.servers": bootstrap}
-        admin = AdminClient(conf)
+    own = consumer is None
+    if consumer is None:
+        conf = {
+            **(client_config or {}),
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+        consumer = Consumer(conf)
     try:
-        metadata = admin.list_topics(timeout=timeout_s)
+        metadata = consumer.list_topics(timeout=timeout_s)
         tps: list[TP] = []
         missing: list[str] = []
         for topic in dict.fromkeys(topics):
@@ -142,22 +150,35 @@ def consumer_lag(
                 missing.append(topic)
                 continue
             tps.extend((topic, p) for p in sorted(meta.partitions))
-        if not tps:
-            return LagReport(group=group, partitions=[], missing_topics=missing)
-        request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])]
         committed: dict[TP, int | None] = {}
-        for fut in admin.list_consumer_group_offsets(request, request_timeout=timeout_s).values():
-            for tp in fut.result(timeout=timeout_s).topic_partitions:
+        starts: dict[TP, int] = {}
+        ends: dict[TP, int] = {}
+        if tps:
+            for tp in consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s):
                 committed[(tp.topic, tp.partition)] = None if tp.offset < 0 else tp.offset
-        ends = _offsets(admin, tps, OffsetSpec.latest(), TopicPartition, timeout_s)
-        starts = _offsets(admin, tps, OffsetSpec.earliest(), TopicPartition, timeout_s)
-    except AifleetError:
-        raise
+            for t, p in tps:
+                starts[(t, p)], ends[(t, p)] = _watermarks(consumer, TopicPartition(t, p), timeout_s)
     except Exception as exc:  # confluent_kafka raises KafkaException with an error code
         raise AifleetError(f"could not read consumer lag of group {group!r}: {exc}") from exc
+    finally:
+        if own:
+            consumer.close()
     return LagReport(group=group, partitions=compute_lag(committed, starts, ends), missing_topics=missing)
 
 
-def _offsets(admin: _Admin, tps: list[TP], spec: Any, tp_type: Any, timeout_s: float) -> dict[TP, int]:
-    futures = admin.list_offsets({tp_type(t, p): spec for t, p in tps}, request_timeout=timeout_s)
-    return {(tp.topic, tp.partition): fut.result(timeout=timeout_s).offset for tp, fut in futures.items()}
+def _watermarks(consumer: _Consumer, tp: Any, timeout_s: float, attempts: int = 3) -> tuple[int, int]:
+    """Low and high watermark; retried briefly (a partition whose leader just moved answers NOT_LEADER)."""
+    for attempt in range(attempts):
+        try:
+            marks = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+            if marks is None:
+                raise AifleetError(f"no watermarks for {tp.topic}[{tp.partition}]")
+            return marks
+        except AifleetError:
+            raise
+        except Exception as exc:
+            retriable = getattr(exc.args[0], "retriable", lambda: False)() if exc.args else False
+            if not retriable or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover

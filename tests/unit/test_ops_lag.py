@@ -1,8 +1,7 @@
-"""streams.ops.lag: lag arithmetic, and consumer_lag's use of the AdminClient (a fake one: no broker)."""
+"""streams.ops.lag: lag arithmetic, and consumer_lag's use of the Kafka consumer (a fake one: no broker)."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,21 +13,16 @@ from streams.ops.lag import PartitionLag, client_config, compute_lag, consumer_l
 from streams.settings import KafkaSettings, Settings
 
 
-def done(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
-
-
-class FakeAdmin:
-    """Answers like confluent_kafka's AdminClient for a cluster described by plain dicts."""
+class FakeConsumer:
+    """Answers like confluent_kafka's Consumer for a cluster described by plain dicts."""
 
     def __init__(self, partitions: dict[str, int], committed: dict, starts: dict, ends: dict) -> None:
         self.partitions = partitions
-        self.committed = committed
+        self.committed_offsets = committed
         self.starts = starts
         self.ends = ends
-        self.asked_groups: list[str] = []
+        self.closed = False
+        self.watermark_calls = 0
 
     def list_topics(self, timeout: float) -> Any:
         topics = {
@@ -37,27 +31,21 @@ class FakeAdmin:
         }
         return SimpleNamespace(topics=topics)
 
-    def list_consumer_group_offsets(self, request: list, request_timeout: float) -> dict:
+    def committed(self, tps: list, timeout: float) -> list:
         from confluent_kafka import TopicPartition
 
-        out = {}
-        for req in request:
-            self.asked_groups.append(req.group_id)
-            tps = [
-                TopicPartition(tp.topic, tp.partition, self.committed.get((tp.topic, tp.partition), -1001))
-                for tp in req.topic_partitions
-            ]
-            out[req.group_id] = done(SimpleNamespace(group_id=req.group_id, topic_partitions=tps))
-        return out
+        return [
+            TopicPartition(tp.topic, tp.partition, self.committed_offsets.get((tp.topic, tp.partition), -1001))
+            for tp in tps
+        ]
 
-    def list_offsets(self, specs: dict, request_timeout: float) -> dict:
-        from confluent_kafka.admin import OffsetSpec
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        self.watermark_calls += 1
+        key = (tp.topic, tp.partition)
+        return self.starts[key], self.ends[key]
 
-        out = {}
-        for tp, spec in specs.items():
-            table = self.ends if isinstance(spec, type(OffsetSpec.latest())) else self.starts
-            out[tp] = done(SimpleNamespace(offset=table[(tp.topic, tp.partition)]))
-        return out
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_partition_lag_arithmetic() -> None:
@@ -78,7 +66,7 @@ def test_compute_lag_sorts_and_treats_negative_as_uncommitted() -> None:
 
 
 def test_consumer_lag_reads_committed_start_and_end_offsets() -> None:
-    admin = FakeAdmin(
+    consumer = FakeConsumer(
         partitions={"aifleet.requests": 2, "aifleet.routed": 4},
         committed={("aifleet.requests", 0): 90, ("aifleet.routed", 3): 10},
         starts={**{("aifleet.requests", p): 0 for p in range(2)}, **{("aifleet.routed", p): 0 for p in range(4)}},
@@ -89,9 +77,10 @@ def test_consumer_lag_reads_committed_start_and_end_offsets() -> None:
         },
     )
     report = consumer_lag(
-        "ignored:9092", "aifleet-aifleet", ["aifleet.requests", "aifleet.routed", "aifleet.absent"], admin=admin
+        "ignored:9092", "aifleet-aifleet", ["aifleet.requests", "aifleet.routed", "aifleet.absent"], consumer=consumer
     )
-    assert admin.asked_groups == ["aifleet-aifleet"]
+    assert consumer.watermark_calls == 6
+    assert not consumer.closed  # a consumer passed in belongs to the caller
     assert report.missing_topics == ["aifleet.absent"]
     assert report.by_topic() == {"aifleet.requests": 10 + 50, "aifleet.routed": 30}
     assert report.total == 90
@@ -100,20 +89,20 @@ def test_consumer_lag_reads_committed_start_and_end_offsets() -> None:
 
 
 def test_consumer_lag_of_missing_topics_is_empty() -> None:
-    admin = FakeAdmin(partitions={}, committed={}, starts={}, ends={})
-    report = consumer_lag("x:1", "g", ["nope"], admin=admin)
+    consumer = FakeConsumer(partitions={}, committed={}, starts={}, ends={})
+    report = consumer_lag("x:1", "g", ["nope"], consumer=consumer)
     assert report.total == 0
     assert report.missing_topics == ["nope"]
     assert report.max_partitions == 0
 
 
 def test_consumer_lag_wraps_client_errors() -> None:
-    class Broken(FakeAdmin):
+    class Broken(FakeConsumer):
         def list_topics(self, timeout: float) -> Any:
             raise RuntimeError("KafkaError{code=_TRANSPORT}")
 
     with pytest.raises(AifleetError, match="could not read consumer lag of group 'g'"):
-        consumer_lag("x:1", "g", ["t"], admin=Broken({}, {}, {}, {}))
+        consumer_lag("x:1", "g", ["t"], consumer=Broken({}, {}, {}, {}))
 
 
 def test_client_config_carries_sasl_settings() -> None:
