@@ -25,7 +25,7 @@ def ensure_topics(
     for name, fut in futures.items():
         try:
             fut.result(timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - the client raises KafkaException with an error code
+        except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise AifleetError(f"could not create topic {name}: {exc}") from exc
     return missing

@@ -114,6 +114,8 @@ def build_app(settings: Settings) -> faust.App:
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         broker_commit_interval=settings.worker.commit_interval_s,
+        broker_session_timeout=settings.worker.session_timeout_s,
+        broker_heartbeat_interval=settings.worker.heartbeat_interval_s,
         producer_linger_ms=settings.worker.producer_linger_ms,
         producer_max_request_size=16 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,

@@ -92,6 +92,14 @@ def worker() -> None:
 
 
 @app.command()
+def sink() -> None:
+    """Run the analytics process (usage sink into ClickHouse, alerting agents) in the foreground."""
+    from streams.worker import run
+
+    run(role="analytics")
+
+
+@app.command()
 def emulator(
     host: str = "127.0.0.1",
     port: Annotated[int | None, typer.Option()] = None,

@@ -55,6 +55,8 @@ class WorkerSettings(_Section):
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests go to the DLQ.")
     dlq_max_payload_bytes: int = Field(default=4_194_304, description="Dead letters keep at most this much.")
     commit_interval_s: float = 1.0
+    session_timeout_s: float = Field(default=30.0, gt=0, description="A dead worker's partitions move after this.")
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
     producer_linger_ms: int = 2
     web_port: int | None = Field(default=None, description="Metrics/web port; None disables the web server.")
 
@@ -68,6 +70,22 @@ class ResilienceSettings(_Section):
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
+
+
+class AnalyticsSettings(_Section):
+    """The analytics process: usage sink batching and the alerting agents."""
+
+    batch_size: int = Field(default=2000, ge=1, description="Usage events per ClickHouse insert at most.")
+    batch_within_s: float = Field(default=1.0, gt=0, description="Longest a usage event waits for its batch.")
+    retry_backoff_s: float = Field(default=1.0, gt=0, description="Wait between inserts while ClickHouse is down.")
+    alert_every_s: float = Field(default=10.0, gt=0, description="How often the alert rules are evaluated.")
+    alert_window_s: float = Field(default=300.0, gt=0, description="Sliding window the rules look at.")
+    alert_warn_after_s: float = Field(default=300.0, ge=0, description="A condition held this long: warning.")
+    alert_critical_after_s: float = Field(default=120.0, ge=0, description="...then this much longer: critical.")
+    alert_cooldown_s: float = Field(default=600.0, ge=0, description="Quiet time after a resolution.")
+    alert_min_requests: int = Field(default=20, ge=1, description="Fewer requests in the window: no rate rules.")
+    webhook_url: SecretStr | None = Field(default=None, description="Slack-compatible webhook for alerts.")
+    query_port: int = Field(default=0, ge=0, description="Embedded mode: port of the read-only query endpoint.")
 
 
 class EmulatorSettings(_Section):
@@ -118,6 +136,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     emulator: EmulatorSettings = EmulatorSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     keys: ProviderKeys = ProviderKeys()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
 

@@ -37,6 +37,7 @@ class Stack:
 
     settings: Settings
     workers: int = 1
+    analytics: bool = True
     emulator_latency_ms: float = 0.0
     stop_broker: bool = True
     log_dir: Path | None = None
@@ -100,12 +101,30 @@ class Stack:
                 self.child_env(),
             )
             self._wait_http(f"{self.emulator_url}/healthz")
+        if self.analytics:
+            self.add_analytics()
         for i in range(self.workers):
             self.add_worker(i)
 
     def add_worker(self, index: int) -> _Child:
         env = {**self.child_env(), "AIFLEET_WORKER_ID": f"worker-{index}"}
         return self._spawn(f"worker-{index}", [sys.executable, "-m", "streams.worker"], env)
+
+    def add_analytics(self) -> _Child:
+        return self._spawn("analytics", [sys.executable, "-m", "streams.worker", "analytics"], self.child_env())
+
+    def terminate(self, child: _Child, timeout_s: float = 20.0) -> int:
+        """Stop one child cleanly (SIGTERM, then SIGKILL) and forget it; returns its exit code."""
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+        try:
+            code = child.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            code = child.proc.wait(5)
+        child.log.close()
+        self.children.remove(child)
+        return code
 
     def worker_children(self) -> list[_Child]:
         return [c for c in self.children if c.name.startswith("worker-")]
@@ -121,9 +140,11 @@ class Stack:
                 time.sleep(0.1)
         raise AifleetError(f"{url} did not come up within {timeout_s:.0f}s; see {self.logs}")
 
-    def check_alive(self) -> None:
+    def check_alive(self, *, ignore: set[int] | None = None) -> None:
         """Raise when a child died on its own (its log says why)."""
         for c in self.children:
+            if ignore and c.proc.pid in ignore:
+                continue
             code = c.proc.poll()
             if code is not None:
                 raise AifleetError(f"{c.name} exited with code {code}; see {self.logs / (c.name + '.log')}")

@@ -25,21 +25,29 @@ class _Worker(faust.Worker):
         logging.getLogger().setLevel(self._aifleet_level)
 
 
-def run(settings: Settings | None = None) -> None:
-    """Start the worker in the foreground; returns when it was told to stop."""
+def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
+    """Start a worker in the foreground (role ``pipeline`` or ``analytics``); returns once told to stop."""
     from streams.admin import ensure_topics
-    from streams.app import build_app
     from streams.topics import Topics
 
     settings = settings or get_settings()
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
     ensure_topics(bootstrap, Topics.from_settings(settings).all(), partitions=settings.kafka.partitions,
                   replication_factor=settings.kafka.replication_factor)
-    app = build_app(settings)
+    if role == "analytics":
+        from streams.analytics_app import build_analytics_app
+
+        app = build_analytics_app(settings)
+    else:
+        from streams.app import build_app
+
+        app = build_app(settings)
     worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
                      log_level=settings.log_level)
     worker.execute_from_commandline()
 
 
 if __name__ == "__main__":
-    run()
+    import sys
+
+    run(role=sys.argv[1] if len(sys.argv) > 1 else "pipeline")

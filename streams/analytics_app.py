@@ -1,0 +1,152 @@
+"""The analytics process: the usage sink into ClickHouse and the alerting agents.
+
+It is its own Faust app (and consumer group) because in embedded mode chDB admits one process
+per data path: this process owns the store, writes it, and serves read-only queries to reports
+over a loopback endpoint. Against a ClickHouse server several of them can run side by side.
+
+Delivery into ClickHouse is at-least-once: a batch's offsets are acked only after the insert
+succeeded; while ClickHouse is down the agent keeps retrying the same batch and commits nothing.
+Rows are idempotent by ``event_id``, so a replay never double-counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from schemas.health import ProviderHealth
+from schemas.usage import UsageEvent
+from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
+from streams.analytics.errors import AnalyticsUnavailable
+from streams.analytics.migrate import RenderOptions, migrate
+from streams.analytics.sink import UsageSink
+from streams.app import FaustPublisher
+from streams.publisher import publish_all
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def alert_rules(settings: Settings) -> AlertRules:
+    a = settings.analytics
+    return AlertRules(
+        min_requests=a.alert_min_requests,
+        escalation=Escalation(
+            warn_after=timedelta(seconds=a.alert_warn_after_s),
+            critical_after=timedelta(seconds=a.alert_critical_after_s),
+            cooldown=timedelta(seconds=a.alert_cooldown_s),
+        ),
+    )
+
+
+def _decode_usage(raw: bytes | None) -> UsageEvent | None:
+    try:
+        return UsageEvent.from_json(raw or b"")
+    except (ValidationError, ValueError):
+        log.warning("skipping a usage record that is not a UsageEvent")
+        return None
+
+
+def build_analytics_app(settings: Settings) -> faust.App:
+    """Usage sink, alert window feeds and the periodic alert evaluation."""
+    topics = Topics.from_settings(settings)
+    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    a = settings.analytics
+    app = faust.App(
+        f"{settings.worker.app_id}-analytics-{settings.kafka.topic_prefix}",
+        broker=[f"kafka://{h}" for h in bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        broker_commit_interval=settings.worker.commit_interval_s,
+        broker_session_timeout=settings.worker.session_timeout_s,
+        broker_heartbeat_interval=settings.worker.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, a.batch_size * 2),
+        web_enabled=False,
+        store="memory://",
+        topic_disable_leader=True,
+    )
+    publisher = FaustPublisher(app)
+    sink = UsageSink(settings.clickhouse, home=settings.home)
+    window = UsageWindow(timedelta(seconds=a.alert_window_s))
+    engine = AlertEngine(alert_rules(settings))
+    endpoint: list[Any] = []
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw",
+                         partitions=settings.kafka.partitions)
+
+    @app.task
+    async def open_store() -> None:
+        """Apply migrations, then (embedded mode) serve read-only queries to other processes."""
+        while True:
+            try:
+                applied = migrate(sink.client(), RenderOptions.from_settings(settings.clickhouse))
+                if applied:
+                    log.warning("analytics migrations applied: %s", applied)
+                break
+            except AnalyticsUnavailable:
+                log.warning("ClickHouse unavailable for migrations; retrying", exc_info=True)
+                await asyncio.sleep(a.retry_backoff_s)
+        ep = await sink.start_query_endpoint(port=a.query_port)
+        if ep is not None:
+            endpoint.append(ep)
+
+    @app.agent(raw_topic(topics.usage), name="usage_sink")
+    async def usage_sink(stream: Any) -> None:
+        async for events in stream.take_events(a.batch_size, within=a.batch_within_s):
+            batch = [u for u in (_decode_usage(e.value) for e in events) if u is not None]
+            for event in batch:
+                window.add(event)
+            while batch:
+                try:
+                    await sink.write(batch)
+                    break
+                except AnalyticsUnavailable as exc:
+                    # not acked, not committed: the batch is written when the store is back
+                    log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(batch))
+                    await asyncio.sleep(exc.retry_after_s or a.retry_backoff_s)
+
+    @app.agent(raw_topic(topics.health), name="alert_health")
+    async def alert_health(stream: Any) -> None:
+        async for raw in stream:
+            try:
+                window.add_health(ProviderHealth.from_json(raw))
+            except (ValidationError, ValueError):
+                log.warning("skipping a malformed health event")
+
+    @app.timer(interval=a.alert_every_s)
+    async def evaluate_alerts() -> None:
+        alerts = engine.evaluate(window.snapshot())
+        if not alerts:
+            return
+        await publish_all(publisher, [(topics.alerts, alert, alert.alert_id) for alert in alerts])
+        try:
+            await sink.write_alerts(alerts)
+        except AnalyticsUnavailable:
+            log.warning("could not store %d alerts in ClickHouse; they are on the alerts topic", len(alerts))
+        if a.webhook_url is not None:
+            from streams.analytics.webhook import SlackWebhook
+
+            async with SlackWebhook(a.webhook_url.get_secret_value()) as hook:
+                for alert in alerts:
+                    try:
+                        await hook.send(alert)
+                    except Exception:  # noqa: BLE001 - the webhook gave up after its retries
+                        log.warning("webhook delivery failed for %s", alert.alert_id)
+
+    @app.on_before_shutdown.connect
+    async def _close(_app: Any, **_: Any) -> None:
+        for ep in endpoint:
+            await ep.stop()
+        sink.close()
+
+    return app

@@ -1,0 +1,56 @@
+"""Bytes at the edge: every kind of bad record becomes the right typed error and dead letter."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from schemas.dead_letter import DeadLetterReason
+from streams.codec import dead_letter, decode_request
+from streams.errors import InvalidJson, InvalidRecord, PayloadTooLarge, SchemaViolation, UnsupportedSchemaVersion
+
+GOOD = {"request_id": "r-1", "tenant": "acme", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_valid_request_decodes() -> None:
+    req = decode_request(orjson.dumps(GOOD), max_bytes=1024)
+    assert req.request_id == "r-1" and req.kind == "chat"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "rid"),
+    [
+        (None, InvalidJson, None),
+        (b"", InvalidJson, None),
+        (b"{oops", InvalidJson, None),
+        (b"\xff\xfe", InvalidJson, None),
+        (b'"a string"', SchemaViolation, None),
+        (orjson.dumps({**GOOD, "messages": []}), SchemaViolation, "r-1"),
+        (orjson.dumps({**GOOD, "schema_version": 7}), UnsupportedSchemaVersion, "r-1"),
+        (orjson.dumps({**GOOD, "messages": [{"role": "user", "content": "x" * 2000}]}), PayloadTooLarge, "r-1"),
+    ],
+)
+def test_bad_records_raise_typed_errors(raw: bytes | None, error: type[InvalidRecord], rid: str | None) -> None:
+    with pytest.raises(error) as info:
+        decode_request(raw, max_bytes=1024)
+    assert info.value.request_id == rid
+    assert info.value.message
+
+
+def test_schema_violation_names_the_field() -> None:
+    with pytest.raises(SchemaViolation) as info:
+        decode_request(orjson.dumps({**GOOD, "max_tokens": -5}), max_bytes=4096)
+    assert "max_tokens" in info.value.message
+
+
+def test_dead_letter_keeps_the_original_bytes_and_truncates_huge_ones() -> None:
+    raw = b"{broken" + b"x" * 100
+    letter = dead_letter(InvalidJson("not JSON"), raw, topic="t.requests", partition=2, offset=41, max_payload=10)
+    assert letter.reason is DeadLetterReason.INVALID_JSON
+    assert base64.b64decode(letter.payload_b64) == raw[:10]
+    assert letter.payload_truncated and letter.payload_size == len(raw)
+    assert (letter.partition, letter.offset, letter.source_topic) == (2, 41, "t.requests")
+    full = dead_letter(InvalidJson("x"), raw, topic="t", partition=0, offset=0, max_payload=10_000)
+    assert base64.b64decode(full.payload_b64) == raw and not full.payload_truncated
