@@ -74,9 +74,7 @@ def test_lag_json(calls: list[dict[str, Any]]) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["total"] == 400
-    assert doc["partitions"][0] == {
-        "topic": "aifleet.requests", "partition": 0, "committed": 0, "end": 100, "lag": 100
-    }
+    assert doc["partitions"][0] == {"topic": "aifleet.requests", "partition": 0, "committed": 0, "end": 100, "lag": 100}
 
 
 def test_unreachable_cluster_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
