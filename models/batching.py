@@ -2,8 +2,10 @@
 
 A batch closes when ``max_batch`` items are waiting or ``max_wait_ms`` has passed since its first item,
 whichever is first; then ``run_batch`` is awaited once for the whole batch and each caller's future gets its
-own result (or the batch's exception). One batch runs at a time, so items that arrive while a batch runs
-form the next one: under load batches grow on their own, at low load an item waits at most ``max_wait_ms``.
+own result (or the batch's exception). At most ``max_concurrent_batches`` batches run at once (default one),
+so items that arrive while the slots are busy form the next batch: under load batches grow on their own, at
+low load an item waits at most ``max_wait_ms``. On a CPU, several concurrent batches on single-threaded
+onnxruntime runs use the cores better than one batch on a multi-threaded run (see docs/models.md).
 """
 
 from __future__ import annotations
@@ -46,19 +48,25 @@ class MicroBatcher(Generic[T, R]):
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
+        max_concurrent_batches: int = 1,
         keep_sizes: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+        if max_concurrent_batches < 1:
+            raise ValueError("max_concurrent_batches must be >= 1")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.max_concurrent_batches = max_concurrent_batches
         self.stats = BatcherStats()
         self._run_batch = run_batch
         self._keep_sizes = keep_sizes
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def submit(self, item: T) -> R:
@@ -93,29 +101,44 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     async def _work(self) -> None:
+        """Collect a batch whenever a run slot is free; batches beyond the slots wait in the queue and grow."""
+        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
             live = [(item, fut) for item, fut in batch if not fut.done()]  # callers may have given up
             if not live:
+                self._slots.release()
                 continue
             self._record(len(live))
-            try:
-                results = await self._run_batch([item for item, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
-            except asyncio.CancelledError:
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(BatcherClosed("micro-batcher was closed while the batch ran"))
-                raise
-            except Exception as exc:  # noqa: BLE001 - one failure answers every caller of the batch
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(live, results, strict=True):
+            task = loop.create_task(self._run(live))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run_batch([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
+        except asyncio.CancelledError:
+            for _, fut in live:
                 if not fut.done():
-                    fut.set_result(result)
+                    fut.set_exception(BatcherClosed("micro-batcher was closed while the batch ran"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failure answers every caller of the batch
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
 
     def _record(self, size: int) -> None:
         s = self.stats
@@ -128,11 +151,13 @@ class MicroBatcher(Generic[T, R]):
     async def close(self) -> None:
         """Stop the worker; callers still waiting get :class:`BatcherClosed`."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
+        tasks = [t for t in (self._worker, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await task
+        self._worker = None
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():

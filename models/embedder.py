@@ -1,11 +1,12 @@
 """``Embedder``: texts in, L2-normalised sentence embeddings out, on a pooled onnxruntime session.
 
-``embed`` is synchronous; ``embed_async`` runs it in a thread executor (one worker by default, so
-concurrent calls queue instead of oversubscribing the cores onnxruntime already uses). Texts of one call are
-sorted by token count and run in chunks of at most ``max_batch_size`` that never mix length buckets, each
-padded to its longest text (or to its bucket on CUDA, where fewer distinct shapes pay off), then put back in
-the caller's order. Keeping short texts out of long texts' chunks saves padding work and, for int8, keeps a
-long text's activations from widening the dynamic quantisation range of a short one.
+``embed`` is synchronous; ``embed_async`` runs it in a thread executor (one worker by default, so concurrent
+calls queue instead of oversubscribing the cores onnxruntime already uses; on a CPU,
+``intra_op_threads=1, workers=<cores>`` with concurrent callers gives more throughput for small batches).
+Texts of one call are sorted by token count and run in chunks of at most ``max_batch_size`` that never mix
+length buckets, each padded to its longest text (or to its bucket on CUDA, where fewer distinct shapes pay
+off), then put back in the caller's order. Keeping short texts out of long texts' chunks saves padding work
+and, for int8, keeps a long text's activations from widening the dynamic quantisation range of a short one.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Embedder:
         intra_op_threads: int | None = None,
         pool: ModelPool[SessionKey, EncoderSession] | None = None,
         executor: Executor | None = None,
+        workers: int = 1,
     ) -> None:
         from models.build import models_home
 
@@ -114,6 +116,7 @@ class Embedder:
         self._threads = intra_op_threads or 0
         self._pool = pool or session_pool()
         self._executor = executor
+        self.workers = workers
         self._own_executor: ThreadPoolExecutor | None = None
         self.tokenizer = TextTokenizer(spec, max_length=max_length)
 
@@ -192,7 +195,7 @@ class Embedder:
         if self._executor is not None:
             return self._executor
         if self._own_executor is None:
-            self._own_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+            self._own_executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="embedder")
         return self._own_executor
 
     def close(self) -> None:

@@ -120,9 +120,32 @@ async def test_close_fails_waiting_callers_and_refuses_new_ones() -> None:
         await batcher.submit(3)
 
 
+async def test_concurrent_batches_run_side_by_side() -> None:
+    running: list[list[int]] = []
+    both_running = asyncio.Event()
+    release = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        running.append(items)
+        if len(running) == 2:
+            both_running.set()
+        await release.wait()
+        return items
+
+    async with MicroBatcher(run, max_batch=2, max_wait_ms=0, max_concurrent_batches=2) as batcher:
+        calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+        await asyncio.wait_for(both_running.wait(), 5)  # two batches in flight before either finished
+        assert len(running) == 2
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(*calls), 5) == list(range(6))
+    assert sorted(i for b in running for i in b) == list(range(6)) and len(running) == 3
+
+
 def test_rejects_bad_settings() -> None:
     fn = Doubler()
     with pytest.raises(ValueError):
         MicroBatcher(fn, max_batch=0)
     with pytest.raises(ValueError):
         MicroBatcher(fn, max_wait_ms=-1)
+    with pytest.raises(ValueError):
+        MicroBatcher(fn, max_concurrent_batches=0)
