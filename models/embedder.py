@@ -128,6 +128,11 @@ class Embedder:
         return "fp16" if gpu else "fp32"
 
     @property
+    def intra_op_threads(self) -> int | None:
+        """onnxruntime intra-op threads of this embedder's session (None: onnxruntime's default)."""
+        return self._threads or None
+
+    @property
     def dim(self) -> int:
         """Width of an embedding."""
         return self.spec.hidden_size

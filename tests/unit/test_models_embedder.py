@@ -90,7 +90,14 @@ async def test_micro_batched_embeddings_equal_direct_ones(embedder: Embedder) ->
 
 def test_run_infer_bench_reports_every_point(models_home: Path) -> None:
     report = run_infer_bench(
-        ("fp32", "int8"), (1, 4), seconds=0.05, rounds=1, concurrency=4, home=models_home, microbatch=True
+        ("fp32", "int8"),
+        (1, 4),
+        seconds=0.05,
+        rounds=1,
+        concurrency=4,
+        home=models_home,
+        microbatch=True,
+        microbatch_workers=2,
     )
     assert set(report["results"]) == {"fp32", "int8"}
     for rows in report["results"].values():
@@ -99,7 +106,10 @@ def test_run_infer_bench_reports_every_point(models_home: Path) -> None:
     assert set(report["int8_vs_fp32"]) == {"1", "4"}
     assert report["providers"]["int8"]["provider"] == CPU
     mb = report["microbatch"]["int8"]
-    assert mb["sentences_per_s"] > 0 and mb["batch1_sentences_per_s"] > 0 and mb["ratio_vs_batch1"] > 0
+    assert mb["batch1_sentences_per_s"] > 0 and mb["ratio_vs_batch1"] > 0
+    assert [r["batches_in_flight"] for r in mb["runs"]] == [1, 2]
+    assert all(r["sentences_per_s"] > 0 and r["batches"] >= 1 for r in mb["runs"])
+    assert mb["best_sentences_per_s"] == max(r["sentences_per_s"] for r in mb["runs"])
     json.dumps(report)  # JSON-friendly all the way down
 
 
