@@ -31,9 +31,11 @@ DATA = _load_fixture()
 
 
 @pytest.fixture(scope="session")
-def models_home(request: pytest.FixtureRequest) -> Path:
-    """All variants built once into pytest's cache dir (a no-op when they are already fresh)."""
-    home = Path(request.config.cache.mkdir("aifleet-models"))
+def models_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All variants built once into pytest's cache dir (a no-op when they are already fresh), or into a temp
+    dir when the cache plugin is off."""
+    cache = getattr(request.config, "cache", None)
+    home = Path(cache.mkdir("aifleet-models")) if cache is not None else tmp_path_factory.mktemp("aifleet-models")
     build_variants(("fp32", "int8", "fp16"), home=home)
     return home
 
