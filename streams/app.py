@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, MutableMapping
 from typing import Any
 
 import faust
@@ -14,13 +14,16 @@ from pydantic import ValidationError
 from schemas.base import Event
 from schemas.dead_letter import DeadLetterReason
 from schemas.routed import RoutedRequest
+from schemas.usage import UsageEvent
 from streams.agents.dispatch import DispatchStage
 from streams.agents.gate import GateStage, Record
+from streams.agents.infer import InferStage
 from streams.catalog import Catalog, cached_catalog
 from streams.codec import dead_letter
 from streams.errors import InvalidRecord
 from streams.health_feed import HealthPublisher, follow_health
 from streams.providers.base import Provider
+from streams.providers.local import shared_embedder
 from streams.providers.registry import UnknownAdapter, build_provider
 from streams.publisher import publish_all
 from streams.resilience.caller import ResilientCaller
@@ -28,7 +31,8 @@ from streams.resilience.circuit_breaker import BreakerBoard
 from streams.resilience.limits import provider_share
 from streams.resilience.retry import RetryPolicy
 from streams.resilience.token_bucket import ProviderLimiter
-from streams.route import Router
+from streams.routing.policy import CostAwareRouter
+from streams.routing.quota import QuotaLedger
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.windowed import process_windowed
@@ -47,8 +51,11 @@ class FaustPublisher:
         self._app = app
 
     async def publish(self, topic: str, event: Event, *, key: str | None = None) -> Awaitable[object]:
+        return await self.publish_raw(topic, event.to_json(), key=key)
+
+    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> Awaitable[object]:
         return await self._app.producer.send(
-            topic, key.encode() if key else None, event.to_json(), partition=None, timestamp=None, headers=None
+            topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None
         )
 
 
@@ -81,8 +88,9 @@ def build_caller(
         for name, spec in catalog.providers.items()
         if name in providers
     }
-    policy = RetryPolicy(max_attempts=r.retry_attempts, base_delay_s=r.retry_base_delay_s,
-                         max_delay_s=r.retry_max_delay_s)
+    policy = RetryPolicy(
+        max_attempts=r.retry_attempts, base_delay_s=r.retry_base_delay_s, max_delay_s=r.retry_max_delay_s
+    )
     caller = ResilientCaller(providers, board, limiters, policy=policy, limiter_wait_s=r.limiter_wait_s)
     return caller, limiters
 
@@ -96,6 +104,59 @@ def resize_limits(limiters: dict[str, ProviderLimiter], catalog: Catalog, partit
     for name, limiter in limiters.items():
         share = provider_share(catalog.providers[name], partitions, owned)
         limiter.resize(rpm=share.rpm, tpm=share.tpm, burst=share.burst)
+
+
+class _TableState(MutableMapping[str, Any]):
+    """The quota ledger's state in a changelog-backed Faust table (one record per tenant)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._table[key]
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        value = self._table.get(key)
+        return default if value is None else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._table[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def limiter_load(limiter: ProviderLimiter) -> float:
+    """How much of this worker's share of a provider's rpm and tpm the last minute used (0..1+)."""
+    return max(
+        limiter.requests.granted_in_window() / limiter.requests.limit,
+        limiter.tokens.granted_in_window() / limiter.tokens.limit,
+    )
+
+
+def _usage_or_none(raw: bytes | None) -> UsageEvent | None:
+    try:
+        return UsageEvent.from_json(raw or b"")
+    except (ValidationError, ValueError):
+        log.warning("skipping a usage record that is not a UsageEvent")
+        return None
+
+
+QUOTA_TABLE = "quota"
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The pipeline's table changelogs (compacted, co-partitioned with the requests topic)."""
+    return [f"{settings.worker.app_id}-{settings.kafka.topic_prefix}-{QUOTA_TABLE}-changelog"]
 
 
 def worker_id() -> str:
@@ -124,13 +185,20 @@ def build_app(settings: Settings) -> faust.App:
         web_enabled=settings.worker.web_port is not None,
         web_port=settings.worker.web_port or 6066,
         web_host="127.0.0.1",
-        store="memory://",
+        store=settings.worker.table_store,
         topic_disable_leader=True,
         broker_credentials=_credentials(settings),
     )
     publisher = FaustPublisher(app)
     catalog = catalog_for(settings)
-    router = Router(catalog)
+    router = CostAwareRouter(catalog, default_tier=settings.default_tier)
+    quota_table = app.Table(
+        QUOTA_TABLE,
+        default=None,
+        partitions=settings.kafka.partitions,
+        schema=faust.Schema(key_type=str, value_type=dict, key_serializer="raw", value_serializer="json"),
+    )
+    ledger = QuotaLedger(catalog, state=_TableState(quota_table))
     wid = worker_id()
     providers = build_providers(catalog, settings)
     board = BreakerBoard(
@@ -143,10 +211,17 @@ def build_app(settings: Settings) -> faust.App:
 
     def available(provider: str) -> bool:
         return provider in providers and board[provider].state != "open"
+
+    def load(provider: str) -> float:
+        limiter = limiters.get(provider)
+        return limiter_load(limiter) if limiter is not None else 0.0
+
     gate = GateStage(
         topics=topics,
         router=router,
+        ledger=ledger,
         available=available,
+        load=load,
         publisher=publisher,
         max_request_bytes=settings.worker.max_request_bytes,
         dlq_max_payload_bytes=settings.worker.dlq_max_payload_bytes,
@@ -186,7 +261,9 @@ def build_app(settings: Settings) -> faust.App:
     async def gate_agent(stream: Any) -> None:
         async def handle(event: Any) -> None:
             m = event.message
-            await gate.handle(Record(value=event.value, topic=m.topic, partition=m.partition, offset=m.offset))
+            await gate.handle(
+                Record(value=event.value, topic=m.topic, partition=m.partition, offset=m.offset, key=event.key)
+            )
 
         await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
 
@@ -212,10 +289,36 @@ def build_app(settings: Settings) -> faust.App:
 
         await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
 
+    infer = InferStage(
+        topics=topics, embedder=shared_embedder, publisher=publisher, fallback=dispatch.handle, worker_id=wid
+    )
+
+    @app.agent(raw_topic(topics.infer), name="infer")
+    async def infer_agent(stream: Any) -> None:
+        """Micro-batches of local embedding requests; acked once their answers are on the broker."""
+        async for events in stream.take_events(settings.infer.max_batch, within=settings.infer.max_wait_ms / 1000):
+            batch = []
+            for e in events:
+                try:
+                    batch.append(RoutedRequest.from_json(e.value))
+                except ValidationError:
+                    await dead_letter_crash(e, ValueError("infer record is not a RoutedRequest"))
+            if batch:
+                await infer.handle_batch(batch)
+
+    @app.agent(raw_topic(topics.usage), name="settle")
+    async def settle_agent(stream: Any) -> None:
+        """Charge each tenant what its calls really cost (usage is keyed by tenant, like the quota table)."""
+        async for raw in stream:
+            usage = _usage_or_none(raw)
+            if usage is not None:
+                ledger.settle_usage(usage)
+
     @app.task
     async def health_feed() -> None:
-        await follow_health(board, bootstrap=bootstrap, topic=topics.health,
-                            lookback_s=settings.resilience.breaker_recovery_s)
+        await follow_health(
+            board, bootstrap=bootstrap, topic=topics.health, lookback_s=settings.resilience.breaker_recovery_s
+        )
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:

@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +130,7 @@ def up(
     try:
         with err.status("starting aifleet..."):
             stack.start()
-            _warm_up(stack.bootstrap, get_settings())
+            stack.wait_ready()
         err.print(
             f"aifleet is up: bootstrap {stack.bootstrap}, {workers} worker(s), "
             f"provider {'emulator ' + stack.emulator_url if stack.emulator_url else 'APIs'}; logs in {stack.logs}"
@@ -142,26 +141,6 @@ def up(
         with err.status("stopping..."):
             stack.stop()
         err.print("stopped")
-
-
-def _warm_up(bootstrap: str, settings: Settings, timeout_s: float = 120.0) -> float:
-    """Send probe requests until the pipeline answers one; returns seconds it took."""
-    from streams.client import AifleetClient, ClientTimeout
-
-    async def go() -> float:
-        t0 = time.monotonic()
-        async with AifleetClient(
-            bootstrap, topic_prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
-        ) as client:
-            while time.monotonic() - t0 < timeout_s:
-                try:
-                    await client.ask("warm-up", tenant="aifleet-warmup", timeout=10.0)
-                    return time.monotonic() - t0
-                except ClientTimeout:
-                    continue
-        raise RuntimeError(f"the pipeline did not answer within {timeout_s:.0f}s")
-
-    return asyncio.run(go())
 
 
 # -- using it ----------------------------------------------------------------------------------
@@ -210,7 +189,20 @@ def send(
 
 
 @app.command()
+def demo() -> None:
+    """Run the main job on the embedded defaults: start everything, send traffic, report cost, stop."""
+    from streams.demo import run_demo
+
+    raise typer.Exit(run_demo(get_settings(), out))
+
+
+bench_app = typer.Typer(help="Benchmarks: the pipeline (default), local inference, analytics.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     requests: Annotated[int, typer.Option(help="Requests to send.")] = 1000,
     concurrency: Annotated[int, typer.Option(help="Requests outstanding at once.")] = 100,
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
@@ -223,6 +215,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Drive requests through the real pipeline against the emulator; print throughput and latency."""
+    if ctx.invoked_subcommand:
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from streams.bench import emulator_reset, emulator_stats, run_load
@@ -232,8 +226,11 @@ def bench(
     s = get_settings()
     from streams.settings import BENCH_CONFIG_FILE
 
-    stack = None if attach else Stack(s, workers=workers, emulator_latency_ms=latency_ms,
-                                      config_file=catalog or BENCH_CONFIG_FILE)
+    stack = (
+        None
+        if attach
+        else Stack(s, workers=workers, emulator_latency_ms=latency_ms, config_file=catalog or BENCH_CONFIG_FILE)
+    )
     try:
         if stack is not None:
             with err.status("starting broker, emulator and workers..."):
@@ -241,7 +238,8 @@ def bench(
         bootstrap = stack.bootstrap if stack else (s.bootstrap or f"127.0.0.1:{s.kafka.port}")
         emu = stack.emulator_url if stack else (s.provider_base_url or f"http://127.0.0.1:{s.emulator.port}")
         with err.status("waiting for the pipeline to answer..."):
-            _warm_up(bootstrap, s)
+            if stack is not None:
+                stack.wait_ready()
         emulator_reset(emu)
 
         async def go() -> Any:
@@ -287,6 +285,33 @@ def bench(
         p = getattr(result, key)
         table.add_row(key, f"p50 {p.p50:.1f} · p95 {p.p95:.1f} · p99 {p.p99:.1f}")
     out.print(table)
+
+
+def _mount_subcommands() -> None:
+    """Commands that live beside the packages they drive."""
+    from models.cli import app as models_app
+    from models.cli import bench as infer_bench
+    from streams.analytics.cli import app as analytics_app
+    from streams.analytics.cli import bench as analytics_bench
+    from streams.analytics.cli import report as report_command
+
+    app.add_typer(models_app, name="models")
+    app.add_typer(analytics_app, name="analytics")
+    app.command("report", help="Cost, latency, error and cache reports from ClickHouse.")(report_command)
+    bench_app.command("infer", help="Local ONNX inference: sentences/s and latency by batch size.")(infer_bench)
+    bench_app.command("analytics", help="ClickHouse ingest rate and report query time.")(analytics_bench)
+    for module, name, help_text in (
+        ("streams.routing.cli", "simulate", "Deterministic simulations (routing)."),
+        ("streams.ops.cli", "scale", "Scaling advice from consumer lag, CPU and latency."),
+    ):
+        try:
+            sub = __import__(module, fromlist=["app"]).app
+        except (ImportError, AttributeError):
+            continue
+        app.add_typer(sub, name=name, help=help_text)
+
+
+_mount_subcommands()
 
 
 def main() -> None:

@@ -14,6 +14,12 @@ class Publisher(Protocol):
 
     async def publish(self, topic: str, event: Event, *, key: str | None = None) -> Awaitable[object]: ...
 
+    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> Awaitable[object]: ...
+
+
+Outbox = list[tuple[str, Event, str | None]]
+"""Events to publish: (topic, event, key)."""
+
 
 async def publish_all(publisher: Publisher, items: list[tuple[str, Event, str | None]]) -> None:
     """Publish several events and wait until the broker acknowledged every one of them."""

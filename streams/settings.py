@@ -58,7 +58,8 @@ class WorkerSettings(_Section):
     session_timeout_s: float = Field(default=30.0, gt=0, description="A dead worker's partitions move after this.")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     producer_linger_ms: int = 2
-    web_port: int | None = Field(default=None, description="Metrics/web port; None disables the web server.")
+    web_port: int | None = Field(default=None, description="Faust web port; None disables the web server.")
+    table_store: str = Field(default="memory://", description="Faust table store: memory:// or rocksdb://.")
 
 
 class ResilienceSettings(_Section):
@@ -70,6 +71,13 @@ class ResilienceSettings(_Section):
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
+
+
+class InferSettings(_Section):
+    """Local ONNX inference: how the infer agent forms micro-batches from the stream."""
+
+    max_batch: int = Field(default=64, ge=1, description="Requests per micro-batch at most.")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="Longest a request waits for its batch.")
 
 
 class AnalyticsSettings(_Section):
@@ -137,6 +145,7 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = EmulatorSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    infer: InferSettings = InferSettings()
     keys: ProviderKeys = ProviderKeys()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -109,6 +110,30 @@ class Stack:
     def add_worker(self, index: int) -> _Child:
         env = {**self.child_env(), "AIFLEET_WORKER_ID": f"worker-{index}"}
         return self._spawn(f"worker-{index}", [sys.executable, "-m", "streams.worker"], env)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Send probe requests until the pipeline answers one; fail fast if a child dies meanwhile."""
+        import asyncio
+
+        from streams.client import AifleetClient, ClientTimeout
+
+        async def go() -> float:
+            t0 = time.monotonic()
+            s = self.settings
+            async with AifleetClient(self.bootstrap, topic_prefix=s.kafka.topic_prefix,
+                                     partitions=s.kafka.partitions) as client:
+                while time.monotonic() - t0 < timeout_s:
+                    self.check_alive()
+                    try:
+                        await client.ask("warm-up", tenant="aifleet-warmup", timeout=5.0)
+                        return time.monotonic() - t0
+                    except ClientTimeout:
+                        continue
+            raise AifleetError(f"the pipeline did not answer within {timeout_s:.0f}s; see {self.logs}")
+
+        # a thread of its own, so callers inside a running event loop (tests, notebooks) can use it too
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, go()).result()
 
     def add_analytics(self) -> _Child:
         return self._spawn("analytics", [sys.executable, "-m", "streams.worker", "analytics"], self.child_env())

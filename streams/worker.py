@@ -32,8 +32,12 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
 
     settings = settings or get_settings()
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    from streams.app import changelog_topics
+
     ensure_topics(bootstrap, Topics.from_settings(settings).all(), partitions=settings.kafka.partitions,
                   replication_factor=settings.kafka.replication_factor)
+    ensure_topics(bootstrap, changelog_topics(settings), partitions=settings.kafka.partitions,
+                  replication_factor=settings.kafka.replication_factor, config={"cleanup.policy": "compact"})
     if role == "analytics":
         from streams.analytics_app import build_analytics_app
 

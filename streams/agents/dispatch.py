@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schemas.base import Event
 from schemas.chunk import StreamChunk
 from schemas.request import Request
 from schemas.response import Latency, Response, RouteInfo, TokenUsage
@@ -19,16 +18,14 @@ from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams.errors import AifleetError
 from streams.providers.base import StreamDelta, StreamEnd
-from streams.publisher import Publisher, publish_all
+from streams.publisher import Outbox, Publisher, publish_all
 from streams.resilience.caller import Attempt, ResilientCaller, StreamError
 from streams.resilience.clock import Deadline
-from streams.route import Router
+from streams.routing.policy import CostAwareRouter
 from streams.timing import elapsed_ms_since
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-
-Outbox = list[tuple[str, Event, str | None]]
 
 
 def chain_of(routed: RoutedRequest) -> list[tuple[str, str]]:
@@ -61,7 +58,7 @@ class DispatchStage:
         self,
         *,
         topics: Topics,
-        router: Router,
+        router: CostAwareRouter,
         caller: ResilientCaller,
         publisher: Publisher,
         worker_id: str,
@@ -119,8 +116,14 @@ class DispatchStage:
         failure: AifleetError | None = None
         async for item in stream:
             if isinstance(item, StreamDelta):
-                chunk = StreamChunk(request_id=request.request_id, tenant=request.tenant, seq=run.chunks_sent,
-                                    delta=item.text, provider=stream.provider, model=stream.model)
+                chunk = StreamChunk(
+                    request_id=request.request_id,
+                    tenant=request.tenant,
+                    seq=run.chunks_sent,
+                    delta=item.text,
+                    provider=stream.provider,
+                    model=stream.model,
+                )
                 pending.append(await self._pub.publish(chunk_topic, chunk, key=request.request_id))
                 run.chunks_sent += 1
                 parts.append(item.text)
@@ -133,8 +136,13 @@ class DispatchStage:
         attempts = list(stream.attempts)
         self._bill(run, attempts)
         closing = StreamChunk(
-            request_id=request.request_id, tenant=request.tenant, seq=run.chunks_sent, provider=stream.provider,
-            model=stream.model, final=True, error=failure.to_info() if failure and run.chunks_sent else None,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            seq=run.chunks_sent,
+            provider=stream.provider,
+            model=stream.model,
+            final=True,
+            error=failure.to_info() if failure and run.chunks_sent else None,
         )
         if end is None or failure is not None:
             if run.chunks_sent:
@@ -151,8 +159,12 @@ class DispatchStage:
         served = next((a for a in reversed(attempts) if a.outcome == "ok"), None)
         if served is None or (served.provider == first.provider and served.model == first.model):
             return first
-        return RouteInfo(provider=served.provider, model=served.model,
-                         reason=f"fallback after {first.provider}:{first.model} failed", fallback=[])
+        return RouteInfo(
+            provider=served.provider,
+            model=served.model,
+            reason=f"fallback after {first.provider}:{first.model} failed",
+            fallback=[],
+        )
 
     def _answer_ok(
         self,
@@ -184,8 +196,9 @@ class DispatchStage:
 
     def _answer_error(self, run: _Run, error: AifleetError | None, attempts: Sequence[Attempt]) -> None:
         err = error or AifleetError("no provider produced an answer")
-        run.outbox.append((run.routed.reply_topic, self._error_response(run, err, attempts, run.routed.route),
-                           run.request.request_id))
+        run.outbox.append(
+            (run.routed.reply_topic, self._error_response(run, err, attempts, run.routed.route), run.request.request_id)
+        )
 
     def _error_response(self, run: _Run, exc: AifleetError, attempts: Sequence[Attempt], route: RouteInfo) -> Response:
         request = run.request
@@ -212,27 +225,35 @@ class DispatchStage:
             if not a.called:
                 continue
             n += 1
+            if a.outcome == "ok":
+                self._router.latency.observe(a.provider, a.latency_s * 1000, model=a.model)
             usage = a.usage or TokenUsage()
-            run.outbox.append((self._topics.usage, UsageEvent(
-                event_id=f"{request.request_id}:{n}",
-                request_id=request.request_id,
-                tenant=request.tenant,
-                tier=run.routed.tier,
-                kind=request.kind,
-                provider=a.provider,
-                model=a.model,
-                status="ok" if a.outcome == "ok" else "error",
-                error_reason=a.reason,
-                attempt=n,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=self._cost(a.provider, a.model, usage),
-                latency_ms=a.latency_s * 1000,
-                streamed=request.stream,
-                route_reason=run.routed.route.reason,
-                region=request.region,
-                worker=self._worker,
-            ), request.tenant))
+            run.outbox.append(
+                (
+                    self._topics.usage,
+                    UsageEvent(
+                        event_id=f"{request.request_id}:{n}",
+                        request_id=request.request_id,
+                        tenant=request.tenant,
+                        tier=run.routed.tier,
+                        kind=request.kind,
+                        provider=a.provider,
+                        model=a.model,
+                        status="ok" if a.outcome == "ok" else "error",
+                        error_reason=a.reason,
+                        attempt=n,
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
+                        cost_usd=self._cost(a.provider, a.model, usage),
+                        latency_ms=a.latency_s * 1000,
+                        streamed=request.stream,
+                        route_reason=run.routed.route.reason,
+                        region=request.region,
+                        worker=self._worker,
+                    ),
+                    request.tenant,
+                )
+            )
 
 
 def _provider_ms(attempts: Sequence[Attempt]) -> float:

@@ -9,15 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.base import utc_now
 from schemas.request import Request, Tier
 from schemas.response import Latency, Response
 from schemas.routed import RoutedRequest
 from streams.codec import dead_letter, decode_request
 from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord
 from streams.publisher import Publisher, publish_all
-from streams.route import Router
+from streams.routing.policy import CostAwareRouter
+from streams.routing.quota import QuotaLedger
 from streams.timing import elapsed_ms_since
 from streams.topics import Topics
+
+LOCAL_PROVIDER = "local"
+"""Requests routed to this provider go to the infer stage (micro-batched local ONNX)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,7 @@ class Record:
     topic: str
     partition: int
     offset: int
+    key: bytes | None = None
 
 
 class GateStage:
@@ -37,8 +43,10 @@ class GateStage:
         self,
         *,
         topics: Topics,
-        router: Router,
+        router: CostAwareRouter,
+        ledger: QuotaLedger,
         available: Callable[[str], bool],
+        load: Callable[[str], float],
         publisher: Publisher,
         max_request_bytes: int,
         dlq_max_payload_bytes: int,
@@ -47,6 +55,8 @@ class GateStage:
         self._topics = topics
         self._router = router
         self._available = available
+        self._load = load
+        self._ledger = ledger
         self._pub = publisher
         self._max_bytes = max_request_bytes
         self._dlq_max = dlq_max_payload_bytes
@@ -70,6 +80,11 @@ class GateStage:
                 )
         except InvalidRecord as exc:
             await self._reject(record, exc)
+            return
+        if record.key != request.tenant.encode():
+            # Quotas are counted where the tenant's partition lives: re-key a record that a producer
+            # sent under another key (once), and count it when it comes back on the right partition.
+            await (await self._pub.publish_raw(self._topics.requests, record.value or b"", key=request.tenant))
             return
         await self._admit(request)
 
@@ -96,8 +111,13 @@ class GateStage:
 
     async def _admit(self, request: Request) -> None:
         reply = request.reply_topic or self._topics.responses
+        catalog = self._router.catalog
+        tier = catalog.tier_of(request.tenant, request.tier, self._default_tier)
         try:
-            route = self._router.choose(request, available=self._available)
+            plan = self._router.plan(
+                request, tier=tier, available=self._available, load=self._load, region=catalog.region_of(request.tenant)
+            )
+            self._ledger.admit(request.tenant, tier, utc_now(), plan.estimated_cost_usd, request_id=request.request_id)
         except AifleetError as exc:
             response = Response(
                 request_id=request.request_id,
@@ -108,5 +128,7 @@ class GateStage:
             )
             await publish_all(self._pub, [(reply, response, request.request_id)])
             return
-        routed = RoutedRequest(request=request, route=route, tier=request.tier or self._default_tier, reply_topic=reply)
-        await publish_all(self._pub, [(self._topics.routed, routed, request.request_id)])
+        routed = RoutedRequest(request=request, route=plan.route, tier=tier, reply_topic=reply)
+        local = request.kind == "embedding" and plan.route.provider == LOCAL_PROVIDER
+        topic = self._topics.infer if local else self._topics.routed
+        await publish_all(self._pub, [(topic, routed, request.request_id)])

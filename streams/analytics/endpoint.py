@@ -187,7 +187,7 @@ class EndpointReader:
     def ping(self) -> bool:
         """True when the endpoint answers (a stale advertisement of a dead process does not)."""
         try:
-            return self._http.get(f"{self.url}/ping", timeout=2.0).status_code == 200
+            return self._http.get(f"{self.url}/ping", timeout=10.0).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -18,6 +18,7 @@ from streams.providers.anthropic import AnthropicProvider
 from streams.providers.azure import AzureOpenAIProvider
 from streams.providers.base import Provider
 from streams.providers.compatible import OpenAICompatibleProvider
+from streams.providers.local import LocalProvider
 from streams.providers.ollama import OllamaProvider
 from streams.providers.openai import OpenAIProvider
 from streams.settings import ProviderKeys
@@ -35,6 +36,7 @@ ADAPTERS: dict[str, ProviderFactory] = {
     "anthropic": AnthropicProvider,
     "ollama": OllamaProvider,
     "compatible": OpenAICompatibleProvider,
+    "local": LocalProvider,
 }
 """Catalog ``adapter`` value (the module name under streams/providers/) -> adapter class."""
 

@@ -362,7 +362,7 @@ class _StreamAttempt:
         self.attempt = attempt
         self.sink.append(attempt)
 
-    async def run(  # noqa: PLR0915 - one place that owns every way a stream attempt can end
+    async def run(
         self, provider: Provider, request: Request, deadline: Deadline
     ) -> AsyncIterator[ResilientEvent]:
         c = self.caller

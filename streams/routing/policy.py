@@ -1,6 +1,6 @@
 """The cost-aware routing policy: the cheapest provider that is good enough, and why.
 
-``CostAwareRouter`` has the call shape of ``streams.route.Router`` (``choose``, ``candidates``,
+``CostAwareRouter`` is the pipeline's router (``plan``, ``choose``, ``candidates``,
 ``model_spec``) plus the tier, the providers' load and the region. For one request it:
 
 1. estimates its tokens (``streams.routing.cost``) and takes its quality floor (the request's, else
@@ -139,7 +139,9 @@ class CostAwareRouter:
         """The full decision; raises ``NoProviderAvailable`` (saying why) when nothing can serve it."""
         tier_name = tier or self._catalog.tier_of(request.tenant, request.tier, self._default_tier)
         tier_spec = self._catalog.tier(tier_name)
-        floor = request.quality_floor if request.quality_floor is not None else tier_spec.quality_floor
+        # A tier's default floor rates chat models; an embedding request is held only to a floor it sets.
+        default_floor = tier_spec.quality_floor if request.kind == "chat" else 0.0
+        floor = request.quality_floor if request.quality_floor is not None else default_floor
         want_region = request.region or region or self._catalog.region_of(request.tenant)
         est = self.estimate(request)
         caps = needed_capabilities(request)
@@ -257,8 +259,9 @@ class CostAwareRouter:
         )
 
     def _region_rank(self, want: str | None, have: str | None) -> int:
-        """0 for the same region (or when the request declares none), then by configured proximity."""
-        if want is None or have == want:
+        """0 for the same region (or when the request declares none, or the provider runs beside the
+        gateway: region "local" is as close as it gets), then by configured proximity."""
+        if want is None or have == want or have == "local":
             return 0
         near = self._catalog.routing.region_proximity.get(want, [])
         return 1 + near.index(have) if have in near else 1 + len(near)

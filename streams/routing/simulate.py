@@ -150,7 +150,8 @@ def compare_policies(catalog: Catalog, sims: list[SimRequest], tier: str = "pro"
     for sim in sims:
         req = sim.request
         est = estimate_tokens(req, catalog.routing)
-        floor = req.quality_floor if req.quality_floor is not None else tier_floor
+        default_floor = tier_floor if req.kind == "chat" else 0.0  # the router's rule: tier floors rate chat
+        floor = req.quality_floor if req.quality_floor is not None else default_floor
         plan = None
         try:
             plan = router.plan(req, tier=tier)
@@ -262,7 +263,11 @@ def overflow(
         name: ProviderTraffic(provider=name, role=spec.role, rpm=spec.rpm, tpm=spec.tpm)
         for name, spec in catalog.providers.items()
     }
-    primaries = [n for n, s in catalog.providers.items() if s.role == "primary"]
+    primaries = [
+        n
+        for n, s in catalog.providers.items()
+        if s.role == "primary" and any("chat" in m.capabilities for m in s.models)
+    ]
     per_s = sum(catalog.providers[n].rpm for n in primaries) / 60.0
     arrivals: list[float] = []
     for start, length, factor in ((0.0, warmup_s, warmup_demand), (warmup_s, seconds, demand)):

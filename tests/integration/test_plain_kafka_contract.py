@@ -19,8 +19,14 @@ def test_plain_confluent_kafka_producer_and_consumer(kafka_bootstrap: str, aifle
     env = pipeline_env(kafka_bootstrap, aifleet_home)
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     with running_stack(env, workers=1):
-        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"plain-{uuid.uuid4().hex}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": f"plain-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.assign([TopicPartition(f"{prefix}.responses", p) for p in range(4)])
         producer = Producer({"bootstrap.servers": kafka_bootstrap})
         ids = [f"plain-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
@@ -42,7 +48,8 @@ def test_plain_confluent_kafka_producer_and_consumer(kafka_bootstrap: str, aifle
             if msg is None or msg.error():
                 continue
             doc = json.loads(msg.value())
-            got[doc["request_id"]] = doc
+            if doc["request_id"] in ids:  # the stack's warm-up answer is on the topic too
+                got[doc["request_id"]] = doc
         consumer.close()
     assert set(got) == set(ids)
     for doc in got.values():

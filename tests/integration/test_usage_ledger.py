@@ -67,8 +67,9 @@ def _rewind_group(bootstrap: str, group: str, topic: str, partitions: int) -> No
 async def test_cost_report_equals_client_charges_after_crash_and_replay(
     kafka_bootstrap: str, aifleet_home: Path
 ) -> None:
-    env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_WORKER__SESSION_TIMEOUT_S="6",
-                       AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1")
+    env = pipeline_env(
+        kafka_bootstrap, aifleet_home, AIFLEET_WORKER__SESSION_TIMEOUT_S="6", AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1"
+    )
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     total_requests = 400
     with patched_env(env):
@@ -85,8 +86,9 @@ async def test_cost_report_equals_client_charges_after_crash_and_replay(
                 stack.add_worker(2)  # a replacement, as an orchestrator would start
 
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
-            result, responses = await run_load(client, requests=total_requests, concurrency=40, timeout_s=120,
-                                               on_done=progress, settle_s=1.0)
+            result, responses = await run_load(
+                client, requests=total_requests, concurrency=40, timeout_s=120, on_done=progress, settle_s=1.0
+            )
         assert result.lost == 0 and result.ok == total_requests, result
         charged = sum((Decimal(str(r.cost_usd)) for r in responses), Decimal(0))
         assert charged > 0

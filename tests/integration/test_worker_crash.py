@@ -17,8 +17,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 async def test_kill_9_worker_mid_run_loses_nothing(kafka_bootstrap: str, aifleet_home: Path) -> None:
     env = pipeline_env(
-        kafka_bootstrap, aifleet_home,
-        AIFLEET_WORKER__SESSION_TIMEOUT_S="6", AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1",
+        kafka_bootstrap,
+        aifleet_home,
+        AIFLEET_WORKER__SESSION_TIMEOUT_S="6",
+        AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1",
     )
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     total = 1500
@@ -35,14 +37,17 @@ async def test_kill_9_worker_mid_run_loses_nothing(kafka_bootstrap: str, aifleet
                 killed_at = done
 
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
-            result, responses = await run_load(client, requests=total, concurrency=100, timeout_s=120,
-                                               on_done=progress, settle_s=3.0)
+            result, responses = await run_load(
+                client, requests=total, concurrency=100, timeout_s=120, on_done=progress, settle_s=3.0
+            )
             raw_duplicates = client.duplicates
         await asyncio.sleep(0)
         assert victim.proc.wait(5) == -signal.SIGKILL
         calls = emulator_stats(stack.emulator_url)
-    print(f"\nkill -9 after {killed_at} answers: sent={total} ok={result.ok} lost={result.lost} "
-          f"duplicate responses deduped by the client={raw_duplicates} provider calls={calls and calls['total_calls']}")
+    print(
+        f"\nkill -9 after {killed_at} answers: sent={total} ok={result.ok} lost={result.lost} "
+        f"duplicate responses deduped by the client={raw_duplicates} provider calls={calls and calls['total_calls']}"
+    )
     assert killed_at is not None
     assert result.lost == 0, f"{result.lost} requests never answered"
     assert result.ok == total, result.error_reasons

@@ -13,6 +13,7 @@ from streams.providers.anthropic import AnthropicProvider
 from streams.providers.azure import AzureOpenAIProvider
 from streams.providers.compatible import OpenAICompatibleProvider
 from streams.providers.ollama import OllamaProvider
+from streams.providers.local import LocalProvider
 from streams.providers.openai import OpenAIProvider
 from streams.providers.registry import (
     ADAPTERS,
@@ -42,6 +43,7 @@ def test_catalog_adapters_map_to_classes() -> None:
         "grok": OpenAICompatibleProvider,
         "huggingface": OpenAICompatibleProvider,
         "vllm": OpenAICompatibleProvider,
+        "local": LocalProvider,
     }
     assert all(p.name == name for name, p in built.items())
 

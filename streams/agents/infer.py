@@ -1,0 +1,109 @@
+"""Infer: local ONNX embedding requests, taken from the stream in micro-batches and run as one batch.
+
+The gate sends embedding requests whose route is the local provider to the infer topic. This stage
+embeds every text of a micro-batch in one onnxruntime call (CUDA when present, CPU otherwise),
+then answers each request and bills it (tokens counted, $0). When the model fails, each request
+goes on to dispatch with the local provider excluded, so its fallback chain still answers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+
+from models.embedder import Embedder
+from schemas.response import Latency, Response, TokenUsage
+from schemas.routed import RoutedRequest
+from schemas.usage import UsageEvent
+from streams.publisher import Outbox, Publisher, publish_all
+from streams.timing import elapsed_ms_since
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class InferStage:
+    """Answers a micro-batch of local embedding requests with one model run."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        embedder: Callable[[], Embedder],
+        publisher: Publisher,
+        fallback: Callable[[RoutedRequest], Awaitable[None]],
+        worker_id: str,
+    ) -> None:
+        self._topics = topics
+        self._embedder = embedder
+        self._pub = publisher
+        self._fallback = fallback
+        self._worker = worker_id
+
+    async def handle_batch(self, batch: Sequence[RoutedRequest]) -> None:
+        """Embed all texts of ``batch`` at once and answer every request in it."""
+        texts = [t for routed in batch for t in routed.request.input or []]
+        started = time.perf_counter()
+        try:
+            embedder = self._embedder()
+            vectors: np.ndarray = await embedder.embed_async(texts)
+            lengths = embedder.tokenizer.lengths(texts)
+        except Exception as exc:  # noqa: BLE001 - a model failure: let each request's fallback chain answer
+            log.warning("local inference failed (%s); falling back for %d requests", exc, len(batch))
+            for routed in batch:
+                await self._fallback(routed.model_copy(update={"excluded": [*routed.excluded, "local"]}))
+            return
+        batch_ms = (time.perf_counter() - started) * 1000
+        outbox: Outbox = []
+        i = 0
+        for routed in batch:
+            req = routed.request
+            n = len(req.input or [])
+            tokens = int(sum(lengths[i : i + n]))
+            usage = TokenUsage(input_tokens=tokens)
+            outbox.append(
+                (
+                    self._topics.usage,
+                    UsageEvent(
+                        event_id=f"{req.request_id}:1",
+                        request_id=req.request_id,
+                        tenant=req.tenant,
+                        tier=routed.tier,
+                        kind="embedding",
+                        provider=routed.route.provider,
+                        model=routed.route.model,
+                        status="ok",
+                        attempt=1,
+                        input_tokens=tokens,
+                        latency_ms=batch_ms,
+                        route_reason=routed.route.reason,
+                        region=req.region,
+                        worker=self._worker,
+                    ),
+                    req.tenant,
+                )
+            )
+            outbox.append(
+                (
+                    routed.reply_topic,
+                    Response(
+                        request_id=req.request_id,
+                        tenant=req.tenant,
+                        status="ok",
+                        provider=routed.route.provider,
+                        model=routed.route.model,
+                        embeddings=vectors[i : i + n].tolist(),
+                        usage=usage,
+                        cost_usd=0.0,
+                        latency=Latency(total_ms=elapsed_ms_since(req.created_at), provider_ms=batch_ms),
+                        attempts=1,
+                        route=routed.route,
+                    ),
+                    req.request_id,
+                )
+            )
+            i += n
+        await publish_all(self._pub, outbox)

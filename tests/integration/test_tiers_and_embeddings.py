@@ -1,0 +1,70 @@
+"""Tiers through the real pipeline (exact daily quotas with 2 workers) and local embeddings via the infer agent."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.request import Message, Request
+from streams.client import AifleetClient
+from streams.settings import DEFAULT_CONFIG_FILE
+from tests.fixtures.pipeline import pipeline_env, running_stack
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+async def test_free_tier_gets_exactly_its_daily_quota_across_two_workers(
+    kafka_bootstrap: str, aifleet_home: Path
+) -> None:
+    env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_CONFIG_FILE=str(DEFAULT_CONFIG_FILE))
+    prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
+    run = uuid.uuid4().hex[:6]
+    with running_stack(env, workers=2):
+        async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
+            requests = [
+                Request(request_id=f"free-{run}-{i}", tenant="demo",  # tier free in the shipped catalog
+                        messages=[Message(role="user", content=f"free question {i}")])
+                for i in range(150)
+            ]
+            sem = asyncio.Semaphore(30)
+
+            async def one(r: Request):
+                async with sem:
+                    return await client.request(r, timeout=90)
+
+            answers = await asyncio.gather(*(one(r) for r in requests))
+    ok = [a for a in answers if a.status == "ok"]
+    refused = [a for a in answers if a.status == "error"]
+    assert len(ok) == 100
+    assert len(refused) == 50
+    assert {a.error.reason.value for a in refused if a.error} == {"quota_exceeded"}
+    assert all(a.error and a.error.resets_at is not None for a in refused)
+    # free tier: self-hosted models only
+    assert {a.provider for a in ok} <= {"local", "vllm", "ollama"}
+
+
+async def test_embeddings_answered_by_the_local_model_through_kafka(kafka_bootstrap: str, aifleet_home: Path) -> None:
+    env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_CONFIG_FILE=str(DEFAULT_CONFIG_FILE))
+    prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
+    texts = ["How do I reset my password?", "What are the steps to change my forgotten password?",
+             "The stock market fell sharply today."]
+    with running_stack(env, workers=1):
+        async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
+            answers = await asyncio.gather(*(
+                client.request(Request(request_id=f"emb-{i}-{uuid.uuid4().hex[:6]}", tenant="acme", kind="embedding",
+                                       input=texts), timeout=120)
+                for i in range(20)
+            ))
+    for a in answers:
+        assert a.status == "ok", a.error
+        assert a.provider == "local" and a.model == "all-minilm-l6-v2"
+        assert a.embeddings is not None and len(a.embeddings) == 3
+        assert a.usage.input_tokens > 0 and a.cost_usd == 0.0
+    v = np.array(answers[0].embeddings)
+    assert v.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # the paraphrase is closer than the unrelated sentence
