@@ -8,7 +8,12 @@ from streams.errors import AifleetError
 
 
 def ensure_topics(
-    bootstrap: str, names: list[str], *, partitions: int, replication_factor: int = 1, timeout_s: float = 30.0,
+    bootstrap: str,
+    names: list[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
     config: dict[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the ones created. Existing ones are left as they are."""
@@ -18,8 +23,10 @@ def ensure_topics(
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor, config=config or {})
-         for n in missing],
+        [
+            NewTopic(n, num_partitions=partitions, replication_factor=replication_factor, config=config or {})
+            for n in missing
+        ],
         operation_timeout=timeout_s,
     )
     for name, fut in futures.items():

@@ -81,8 +81,14 @@ def build_analytics_app(settings: Settings) -> faust.App:
     endpoint: list[Any] = []
 
     def raw_topic(name: str) -> Any:
-        return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw",
-                         partitions=settings.kafka.partitions)
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=settings.kafka.partitions,
+        )
 
     @app.task
     async def open_store() -> None:

@@ -196,7 +196,7 @@ def build_app(settings: Settings) -> faust.App:
         QUOTA_TABLE,
         default=None,
         partitions=settings.kafka.partitions,
-        schema=faust.Schema(key_type=str, value_type=dict, key_serializer="raw", value_serializer="json"),
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
     ledger = QuotaLedger(catalog, state=_TableState(quota_table))
     wid = worker_id()

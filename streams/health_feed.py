@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.health import ProviderHealth
+from streams.observe import observe_health
 from streams.publisher import Publisher
 from streams.resilience.circuit_breaker import BreakerBoard
 
@@ -32,6 +33,7 @@ class HealthPublisher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, event: ProviderHealth) -> None:
+        observe_health(event)
         task = asyncio.get_running_loop().create_task(self._send(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -64,7 +66,9 @@ async def follow_health(board: BreakerBoard, *, bootstrap: str, topic: str, look
             for records in batches.values():
                 for record in records:
                     try:
-                        board.apply(ProviderHealth.from_json(record.value))
+                        event = ProviderHealth.from_json(record.value)
+                        if board.apply(event):
+                            observe_health(event)
                     except (ValidationError, ValueError):
                         log.warning("ignoring a malformed health event at offset %s", record.offset)
     finally:

@@ -154,6 +154,8 @@ class Settings(BaseSettings):
         default=None, description="Send every provider call here instead (the emulator): <url>/<provider>/..."
     )
 
+    metrics_port: int | None = Field(default=None, description="Prometheus /metrics port; None: no endpoint.")
+
     # Flat aliases for the settings people set most often.
     kafka_bootstrap: str | None = Field(default=None, description="Same as kafka.bootstrap.")
 

@@ -79,8 +79,12 @@ class Stack:
             self.started_broker = broker.read_pid(cfg) is None
             broker.start(cfg)
             self.bootstrap = cfg.bootstrap
-        ensure_topics(self.bootstrap, Topics.from_settings(s).all(), partitions=s.kafka.partitions,
-                      replication_factor=s.kafka.replication_factor)
+        ensure_topics(
+            self.bootstrap,
+            Topics.from_settings(s).all(),
+            partitions=s.kafka.partitions,
+            replication_factor=s.kafka.replication_factor,
+        )
         if s.provider_base_url:
             self.emulator_url = s.provider_base_url
         elif not s.has_provider_keys():
@@ -109,6 +113,8 @@ class Stack:
 
     def add_worker(self, index: int) -> _Child:
         env = {**self.child_env(), "AIFLEET_WORKER_ID": f"worker-{index}"}
+        if self.settings.metrics_port is not None:  # one /metrics port per process on this host
+            env["AIFLEET_METRICS_PORT"] = str(self.settings.metrics_port + 1 + index)
         return self._spawn(f"worker-{index}", [sys.executable, "-m", "streams.worker"], env)
 
     def wait_ready(self, timeout_s: float = 120.0) -> float:
@@ -120,8 +126,9 @@ class Stack:
         async def go() -> float:
             t0 = time.monotonic()
             s = self.settings
-            async with AifleetClient(self.bootstrap, topic_prefix=s.kafka.topic_prefix,
-                                     partitions=s.kafka.partitions) as client:
+            async with AifleetClient(
+                self.bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions
+            ) as client:
                 while time.monotonic() - t0 < timeout_s:
                     self.check_alive()
                     try:

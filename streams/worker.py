@@ -34,10 +34,23 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
     from streams.app import changelog_topics
 
-    ensure_topics(bootstrap, Topics.from_settings(settings).all(), partitions=settings.kafka.partitions,
-                  replication_factor=settings.kafka.replication_factor)
-    ensure_topics(bootstrap, changelog_topics(settings), partitions=settings.kafka.partitions,
-                  replication_factor=settings.kafka.replication_factor, config={"cleanup.policy": "compact"})
+    ensure_topics(
+        bootstrap,
+        Topics.from_settings(settings).all(),
+        partitions=settings.kafka.partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
+    ensure_topics(
+        bootstrap,
+        changelog_topics(settings),
+        partitions=settings.kafka.partitions,
+        replication_factor=settings.kafka.replication_factor,
+        config={"cleanup.policy": "compact"},
+    )
+    if settings.metrics_port is not None:
+        from streams.metrics import start_metrics_server
+
+        start_metrics_server(port=settings.metrics_port)
     if role == "analytics":
         from streams.analytics_app import build_analytics_app
 
@@ -46,8 +59,9 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
         from streams.app import build_app
 
         app = build_app(settings)
-    worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
-                     log_level=settings.log_level)
+    worker = _Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False, log_level=settings.log_level
+    )
     worker.execute_from_commandline()
 
 

@@ -17,6 +17,7 @@ from schemas.response import Latency, Response, RouteInfo, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams.errors import AifleetError
+from streams.observe import observe_outbox
 from streams.providers.base import StreamDelta, StreamEnd
 from streams.publisher import Outbox, Publisher, publish_all
 from streams.resilience.caller import Attempt, ResilientCaller, StreamError
@@ -79,6 +80,7 @@ class DispatchStage:
             err = AifleetError(f"internal error: {type(exc).__name__}")
             run.outbox = [item for item in run.outbox if item[0] == self._topics.usage]
             run.outbox.append((routed.reply_topic, self._error_response(run, err, [], routed.route), None))
+        observe_outbox("dispatch", run.outbox)
         await publish_all(self._pub, run.outbox)
 
     async def _serve(self, run: _Run) -> None:

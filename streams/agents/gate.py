@@ -13,8 +13,10 @@ from schemas.base import utc_now
 from schemas.request import Request, Tier
 from schemas.response import Latency, Response
 from schemas.routed import RoutedRequest
+from streams import metrics
 from streams.codec import dead_letter, decode_request
 from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord
+from streams.observe import observe_outbox
 from streams.publisher import Publisher, publish_all
 from streams.routing.policy import CostAwareRouter
 from streams.routing.quota import QuotaLedger
@@ -97,6 +99,7 @@ class GateStage:
             offset=record.offset,
             max_payload=self._dlq_max,
         )
+        metrics.record_request("gate", exc.reason.value)
         items: list = [(self._topics.dlq, letter, exc.request_id)]
         if exc.request_id:
             reply = self._reply_topic_for(exc.tenant, None if isinstance(exc, ForbiddenReplyTopic) else exc.reply_topic)
@@ -126,9 +129,11 @@ class GateStage:
                 error=exc.to_info(),
                 latency=Latency(total_ms=elapsed_ms_since(request.created_at)),
             )
+            observe_outbox("gate", [(reply, response, request.request_id)])
             await publish_all(self._pub, [(reply, response, request.request_id)])
             return
         routed = RoutedRequest(request=request, route=plan.route, tier=tier, reply_topic=reply)
+        metrics.record_request("gate", "admitted")
         local = request.kind == "embedding" and plan.route.provider == LOCAL_PROVIDER
         topic = self._topics.infer if local else self._topics.routed
         await publish_all(self._pub, [(topic, routed, request.request_id)])

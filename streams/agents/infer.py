@@ -18,6 +18,7 @@ from models.embedder import Embedder
 from schemas.response import Latency, Response, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
+from streams.observe import observe_outbox
 from streams.publisher import Outbox, Publisher, publish_all
 from streams.timing import elapsed_ms_since
 from streams.topics import Topics
@@ -106,4 +107,5 @@ class InferStage:
                 )
             )
             i += n
+        observe_outbox("infer", outbox)
         await publish_all(self._pub, outbox)

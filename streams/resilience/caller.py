@@ -362,9 +362,7 @@ class _StreamAttempt:
         self.attempt = attempt
         self.sink.append(attempt)
 
-    async def run(
-        self, provider: Provider, request: Request, deadline: Deadline
-    ) -> AsyncIterator[ResilientEvent]:
+    async def run(self, provider: Provider, request: Request, deadline: Deadline) -> AsyncIterator[ResilientEvent]:
         c = self.caller
         clock = c.clock
         started = clock.monotonic()

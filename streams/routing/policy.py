@@ -261,7 +261,7 @@ class CostAwareRouter:
     def _region_rank(self, want: str | None, have: str | None) -> int:
         """0 for the same region (or when the request declares none, or the provider runs beside the
         gateway: region "local" is as close as it gets), then by configured proximity."""
-        if want is None or have == want or have == "local":
+        if want is None or have in (want, "local"):
             return 0
         near = self._catalog.routing.region_proximity.get(want, [])
         return 1 + near.index(have) if have in near else 1 + len(near)
