@@ -166,7 +166,7 @@ def answers_metadata(bootstrap: str, timeout: float = 3.0) -> bool:
         admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any client failure means "not ready yet"
         return False
 
 

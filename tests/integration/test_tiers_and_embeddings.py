@@ -26,8 +26,11 @@ async def test_free_tier_gets_exactly_its_daily_quota_across_two_workers(
     with running_stack(env, workers=2):
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
             requests = [
-                Request(request_id=f"free-{run}-{i}", tenant="demo",  # tier free in the shipped catalog
-                        messages=[Message(role="user", content=f"free question {i}")])
+                Request(
+                    request_id=f"free-{run}-{i}",
+                    tenant="demo",  # tier free in the shipped catalog
+                    messages=[Message(role="user", content=f"free question {i}")],
+                )
                 for i in range(150)
             ]
             sem = asyncio.Semaphore(30)
@@ -50,15 +53,24 @@ async def test_free_tier_gets_exactly_its_daily_quota_across_two_workers(
 async def test_embeddings_answered_by_the_local_model_through_kafka(kafka_bootstrap: str, aifleet_home: Path) -> None:
     env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_CONFIG_FILE=str(DEFAULT_CONFIG_FILE))
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
-    texts = ["How do I reset my password?", "What are the steps to change my forgotten password?",
-             "The stock market fell sharply today."]
+    texts = [
+        "How do I reset my password?",
+        "What are the steps to change my forgotten password?",
+        "The stock market fell sharply today.",
+    ]
     with running_stack(env, workers=1):
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
-            answers = await asyncio.gather(*(
-                client.request(Request(request_id=f"emb-{i}-{uuid.uuid4().hex[:6]}", tenant="acme", kind="embedding",
-                                       input=texts), timeout=120)
-                for i in range(20)
-            ))
+            answers = await asyncio.gather(
+                *(
+                    client.request(
+                        Request(
+                            request_id=f"emb-{i}-{uuid.uuid4().hex[:6]}", tenant="acme", kind="embedding", input=texts
+                        ),
+                        timeout=120,
+                    )
+                    for i in range(20)
+                )
+            )
     for a in answers:
         assert a.status == "ok", a.error
         assert a.provider == "local" and a.model == "all-minilm-l6-v2"

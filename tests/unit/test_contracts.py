@@ -26,9 +26,30 @@ def test_every_contract_carries_schema_version() -> None:
 
 def test_public_surface_is_fixed() -> None:
     assert sorted(schemas.__all__) == sorted(
-        ["SCHEMA_VERSION", "Alert", "AlertSeverity", "CircuitState", "DeadLetter", "DeadLetterReason", "ErrorInfo",
-         "ErrorReason", "Event", "Latency", "Message", "ProviderHealth", "Request", "RequestKind", "Response",
-         "ResponseStatus", "RouteInfo", "RoutedRequest", "StreamChunk", "Tier", "TokenUsage", "UsageEvent"]
+        [
+            "SCHEMA_VERSION",
+            "Alert",
+            "AlertSeverity",
+            "CircuitState",
+            "DeadLetter",
+            "DeadLetterReason",
+            "ErrorInfo",
+            "ErrorReason",
+            "Event",
+            "Latency",
+            "Message",
+            "ProviderHealth",
+            "Request",
+            "RequestKind",
+            "Response",
+            "ResponseStatus",
+            "RouteInfo",
+            "RoutedRequest",
+            "StreamChunk",
+            "Tier",
+            "TokenUsage",
+            "UsageEvent",
+        ]
     )
 
 

@@ -12,8 +12,8 @@ from streams.catalog import ProviderSpec
 from streams.providers.anthropic import AnthropicProvider
 from streams.providers.azure import AzureOpenAIProvider
 from streams.providers.compatible import OpenAICompatibleProvider
-from streams.providers.ollama import OllamaProvider
 from streams.providers.local import LocalProvider
+from streams.providers.ollama import OllamaProvider
 from streams.providers.openai import OpenAIProvider
 from streams.providers.registry import (
     ADAPTERS,
