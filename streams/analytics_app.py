@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
+from streams import faust_tuning
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.errors import AnalyticsUnavailable
 from streams.analytics.migrate import RenderOptions, migrate
@@ -55,6 +56,7 @@ def _decode_usage(raw: bytes | None) -> UsageEvent | None:
 
 def build_analytics_app(settings: Settings) -> faust.App:
     """Usage sink, alert window feeds and the periodic alert evaluation."""
+    faust_tuning.apply()
     topics = Topics.from_settings(settings)
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
     a = settings.analytics

@@ -15,6 +15,7 @@ from schemas.base import Event
 from schemas.dead_letter import DeadLetterReason
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
+from streams import faust_tuning
 from streams.agents.dispatch import DispatchStage
 from streams.agents.gate import GateStage, Record
 from streams.agents.infer import InferStage
@@ -165,6 +166,7 @@ def worker_id() -> str:
 
 def build_app(settings: Settings) -> faust.App:
     """The whole worker: gate and dispatch agents over the deployment's topics."""
+    faust_tuning.apply()
     topics = Topics.from_settings(settings)
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
     app = faust.App(

@@ -166,9 +166,22 @@ class QuotaLedger:
         self, tenant: str, tier: str, now: datetime, estimated_cost: float, *, request_id: str | None = None
     ) -> Admission:
         """Count one request and reserve its estimated cost, or raise QuotaExceeded / BudgetExceeded."""
-        rec = self._record(tenant, now)
         limit = self.daily_limit(tenant, tier)
         budget = self.monthly_budget(tenant, tier)
+        if limit is None and budget is None:
+            # Nothing to enforce: keep no state (no table write, no changelog record on the hot path).
+            return Admission(
+                tenant=tenant,
+                tier=tier,
+                reservation_id=request_id or "",
+                reserved_usd=0.0,
+                requests_today=0,
+                requests_limit=None,
+                spent_usd=0.0,
+                outstanding_usd=0.0,
+                budget_usd=None,
+            )
+        rec = self._record(tenant, now)
         estimate = max(0, to_nusd(estimated_cost))
         outstanding = self._outstanding(rec)
 
@@ -250,6 +263,9 @@ class QuotaLedger:
 
     def settle_usage(self, event: UsageEvent) -> Settlement:
         """``settle`` from a usage event: its cost, its request's reservation, its event id."""
+        if event.tenant not in self.state and self.monthly_budget(event.tenant, event.tier or "pro") is None:
+            # an unlimited tenant that was never admitted with state: nothing reserved, nothing to track
+            return Settlement(applied=False, released_usd=0.0, charged_usd=0.0, spent_usd=0.0)
         return self.settle(
             event.tenant, event.cost_usd, event.ts, reservation_id=event.request_id, event_id=event.event_id
         )
