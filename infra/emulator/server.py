@@ -607,7 +607,7 @@ async def set_profile(request: web.Request) -> web.Response:
     state = request.app[STATE]
     profile = FaultProfile.model_validate_json(await request.read())
     state.set_profile(request.match_info["provider"], profile)
-    return _json({"ok": True, "provider": request.match_info["provider"], "profile": profile.model_dump()})
+    return _json({"ok": True, "provider": request.match_info["provider"], "profile": profile.model_dump(mode="json")})
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -143,8 +143,15 @@ def test_report_totals_match_inserted_costs_to_the_cent(store: tuple[ClickHouseS
         by_tenant[e.tenant] = by_tenant.get(e.tenant, Decimal(0)) + Decimal(str(e.cost_usd))
     rep_t = report(reader, "cost", since="2d", by="tenant", database=settings.database)
     assert {r["tenant"]: r["cost_usd"] for r in rep_t.rows} == by_tenant
-    # Event i is i minutes old: a 100-minute window holds exactly events 0..99.
-    recent = report(reader, "cost", since="100m", database=settings.database)
+    # Event i is i minutes before NOW: a window from 99.5 minutes before NOW holds exactly events 0..99
+    # (anchored on NOW, not on the wall clock, which moves on while a long suite runs).
+    recent = report(
+        reader,
+        "cost",
+        since=NOW - timedelta(minutes=99, seconds=30),
+        until=NOW + timedelta(seconds=1),
+        database=settings.database,
+    )
     assert recent.total("requests") == 100
     assert recent.total("cost_usd") == sum(Decimal(str(e.cost_usd)) for e in events[:100])
 
