@@ -287,6 +287,43 @@ def bench(
     out.print(table)
 
 
+@bench_app.command("embed")
+def bench_embed(
+    requests: Annotated[int, typer.Option(help="Embedding requests (one sentence each).")] = 2000,
+    concurrency: Annotated[int, typer.Option(help="Requests outstanding at once.")] = 128,
+    texts: Annotated[int, typer.Option(help="Sentences per request.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The infer stage through Kafka against the bare model, measured in one run."""
+    from streams.bench_embed import run_embed_bench
+    from streams.settings import BENCH_CONFIG_FILE
+    from streams.stack import Stack
+
+    s = get_settings()
+    stack = Stack(s, workers=1, analytics=False, config_file=BENCH_CONFIG_FILE)
+    try:
+        with err.status("starting broker, emulator and a worker..."):
+            stack.start()
+            stack.wait_ready()
+        with err.status(f"{requests} embedding requests through Kafka, then the bare model..."):
+            result = asyncio.run(
+                run_embed_bench(stack.bootstrap, s, requests=requests, concurrency=concurrency, texts_per_request=texts)
+            )
+        stack.check_alive()
+    finally:
+        stack.stop()
+    if as_json:
+        print(result.model_dump_json())
+        return
+    table = Table(title=f"local embeddings: {result.variant} on {result.execution_provider}")
+    table.add_column("path")
+    table.add_column("sentences/s", justify="right")
+    table.add_row("through Kafka (gate -> infer agent -> responses)", f"{result.kafka_sentences_per_s:.1f}")
+    table.add_row(f"bare model, batches of {result.max_batch}", f"{result.bare_sentences_per_s:.1f}")
+    table.add_row("ratio", f"{result.ratio:.3f}")
+    out.print(table)
+
+
 def _mount_subcommands() -> None:
     """Commands that live beside the packages they drive."""
     from models.cli import app as models_app
