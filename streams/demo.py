@@ -120,13 +120,18 @@ async def _last_dead_letter(bootstrap: str, topic: str, request_id: str) -> Dead
 
 
 def _cost_report(settings: Settings, expected: Decimal, console: Console) -> None:
-    from streams.analytics.client import open_reader
+    from streams.analytics.client import open_reader, resolve_data_path
+    from streams.analytics.endpoint import read_advertisement
     from streams.analytics.errors import AnalyticsError
     from streams.analytics.reports import render, report
 
     deadline = time.monotonic() + 60
     rep = None
+    path = resolve_data_path(settings.clickhouse, settings.home)
     while time.monotonic() < deadline:
+        if settings.clickhouse.backend == "chdb" and read_advertisement(path) is None:
+            time.sleep(0.5)  # the analytics process owns chDB: read through its endpoint once it is up
+            continue
         try:
             reader = open_reader(settings.clickhouse, home=settings.home)
         except AnalyticsError:
