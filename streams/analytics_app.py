@@ -21,12 +21,11 @@ from pydantic import ValidationError
 
 from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
-from streams import faust_tuning
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.errors import AnalyticsUnavailable
 from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
-from streams.app import FaustPublisher
+from streams.app import FaustPublisher, new_faust_app
 from streams.publisher import publish_all
 from streams.settings import Settings
 from streams.topics import Topics
@@ -56,25 +55,12 @@ def _decode_usage(raw: bytes | None) -> UsageEvent | None:
 
 def build_analytics_app(settings: Settings) -> faust.App:
     """Usage sink, alert window feeds and the periodic alert evaluation."""
-    faust_tuning.apply()
     topics = Topics.from_settings(settings)
-    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
     a = settings.analytics
-    app = faust.App(
+    app = new_faust_app(
+        settings,
         f"{settings.worker.app_id}-analytics-{settings.kafka.topic_prefix}",
-        broker=[f"kafka://{h}" for h in bootstrap.split(",")],
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=settings.kafka.partitions,
-        topic_replication_factor=settings.kafka.replication_factor,
-        broker_commit_interval=settings.worker.commit_interval_s,
-        broker_session_timeout=settings.worker.session_timeout_s,
-        broker_heartbeat_interval=settings.worker.heartbeat_interval_s,
-        consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4096, a.batch_size * 2),
-        web_enabled=False,
-        store="memory://",
-        topic_disable_leader=True,
     )
     publisher = FaustPublisher(app)
     sink = UsageSink(settings.clickhouse, home=settings.home)

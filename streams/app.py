@@ -164,32 +164,44 @@ def worker_id() -> str:
     return os.environ.get("AIFLEET_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
+    """A Faust app on the deployment's cluster with aifleet's transport settings (both apps share them)."""
+    faust_tuning.apply()
+    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    conf: dict[str, Any] = {
+        "broker": [f"kafka://{h}" for h in bootstrap.split(",")],
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        "topic_partitions": settings.kafka.partitions,
+        "topic_replication_factor": settings.kafka.replication_factor,
+        "broker_commit_interval": settings.worker.commit_interval_s,
+        "broker_session_timeout": settings.worker.session_timeout_s,
+        "broker_heartbeat_interval": settings.worker.heartbeat_interval_s,
+        "producer_linger_ms": settings.worker.producer_linger_ms,
+        "producer_max_request_size": 16 * 1024 * 1024,
+        "consumer_max_fetch_size": 16 * 1024 * 1024,
+        "consumer_auto_offset_reset": "earliest",
+        "web_enabled": False,
+        "store": "memory://",
+        "topic_disable_leader": True,
+        "broker_credentials": _credentials(settings),
+    }
+    conf.update(overrides)
+    return faust.App(app_id, **conf)
+
+
 def build_app(settings: Settings) -> faust.App:
     """The whole worker: gate and dispatch agents over the deployment's topics."""
-    faust_tuning.apply()
     topics = Topics.from_settings(settings)
     bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
-    app = faust.App(
+    app = new_faust_app(
+        settings,
         f"{settings.worker.app_id}-{settings.kafka.topic_prefix}",
-        broker=[f"kafka://{h}" for h in bootstrap.split(",")],
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=settings.kafka.partitions,
-        topic_replication_factor=settings.kafka.replication_factor,
-        broker_commit_interval=settings.worker.commit_interval_s,
-        broker_session_timeout=settings.worker.session_timeout_s,
-        broker_heartbeat_interval=settings.worker.heartbeat_interval_s,
-        producer_linger_ms=settings.worker.producer_linger_ms,
-        producer_max_request_size=16 * 1024 * 1024,
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4096, settings.worker.max_in_flight * 4),
         web_enabled=settings.worker.web_port is not None,
         web_port=settings.worker.web_port or 6066,
         web_host="127.0.0.1",
         store=settings.worker.table_store,
-        topic_disable_leader=True,
-        broker_credentials=_credentials(settings),
     )
     publisher = FaustPublisher(app)
     catalog = catalog_for(settings)
