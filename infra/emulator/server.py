@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +47,7 @@ class EmulatorState:
     input_tokens: Counter[str] = field(default_factory=Counter)
     output_tokens: Counter[str] = field(default_factory=Counter)
     busy_s: float = 0.0
+    call_times: dict[str, deque[float]] = field(default_factory=dict)
     profiles: dict[str, FaultProfile] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -57,6 +58,20 @@ class EmulatorState:
         """Install a provider's profile; its ``script`` plays from the next call."""
         self.profiles[provider] = profile
         self.profile_calls[provider] = 0
+
+    def record_call(self, provider: str) -> None:
+        """Remember when a call arrived (the last 200,000 per provider), for windowed rate checks."""
+        self.call_times.setdefault(provider, deque(maxlen=200_000)).append(time.monotonic())
+
+    def max_calls_in_window(self, provider: str, window_s: float = 60.0) -> int:
+        """The most calls this provider received in any ``window_s`` seconds (a sliding window)."""
+        times = self.call_times.get(provider) or deque()
+        best = start = 0
+        for end, t in enumerate(times):
+            while t - times[start] >= window_s:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
     def bill(self, provider: str, input_tokens: int, output_tokens: int) -> None:
         """Count the tokens a reply reported (only replies that delivered their usage)."""
@@ -178,6 +193,7 @@ async def _apply_fault(
 ) -> tuple[web.StreamResponse | None, Fault, float]:
     """Count the call, sleep its latency, and return an error reply if its fault says so."""
     state.calls[provider] += 1
+    state.record_call(provider)
     req_id = request.headers.get("X-Aifleet-Request-Id")
     if req_id:
         state.calls_by_request[req_id] += 1
@@ -599,6 +615,7 @@ async def stats(request: web.Request) -> web.Response:
                 p: {"input_tokens": state.input_tokens[p], "output_tokens": state.output_tokens[p]} for p in providers
             },
             "busy_s": state.busy_s,
+            "max_calls_per_60s": {p: state.max_calls_in_window(p) for p in state.call_times},
         }
     )
 
@@ -613,6 +630,7 @@ async def set_profile(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.calls.clear()
+    state.call_times.clear()
     state.profile_calls.clear()
     state.calls_by_request.clear()
     state.input_tokens.clear()
