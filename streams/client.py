@@ -66,6 +66,7 @@ class AifleetClient:
         self.responses_seen = 0
         self.duplicates = 0
         self.unsolicited = 0
+        self.stream_grace_s = 5.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -217,21 +218,39 @@ class AifleetClient:
             request = request.model_copy(update={"stream": True})
         queue: asyncio.Queue[StreamChunk | Response] = asyncio.Queue()
         self._chunks[request.request_id] = queue
+        loop = asyncio.get_running_loop()
         try:
             await self.submit(request)
             next_seq = 0
             held: dict[int, StreamChunk] = {}
+            response: Response | None = None
+            final_seen = False
+            grace_until = 0.0
             while True:
-                item = await asyncio.wait_for(queue.get(), timeout)
-                if isinstance(item, Response):
-                    yield item
+                wait = timeout if response is None else max(0.0, grace_until - loop.time())
+                try:
+                    item = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    if response is None:
+                        raise
+                    for seq in sorted(held):  # the closing chunk never came: give what there is
+                        yield held.pop(seq)
+                    yield response
                     return
-                if item.seq < next_seq:
-                    continue  # a replayed chunk
-                held[item.seq] = item
-                while next_seq in held:
-                    yield held.pop(next_seq)
-                    next_seq += 1
+                if isinstance(item, Response):
+                    # chunks and responses are different topics: the closing chunk may still be on its way
+                    response, grace_until = item, loop.time() + self.stream_grace_s
+                elif item.seq >= next_seq:  # a lower seq is a replayed chunk
+                    held[item.seq] = item
+                    while next_seq in held:
+                        chunk = held.pop(next_seq)
+                        final_seen = final_seen or chunk.final
+                        next_seq += 1
+                        yield chunk
+                streamed_nothing = next_seq == 0 and not held
+                if response is not None and (final_seen or (response.status == "error" and streamed_nothing)):
+                    yield response
+                    return
         finally:
             self._chunks.pop(request.request_id, None)
 

@@ -146,12 +146,12 @@ class DispatchStage:
             final=True,
             error=failure.to_info() if failure and run.chunks_sent else None,
         )
+        if run.chunks_sent or (end is not None and failure is None):
+            # the closing chunk is on the broker before the response that ends the stream is produced
+            await (await self._pub.publish(chunk_topic, closing, key=request.request_id))
         if end is None or failure is not None:
-            if run.chunks_sent:
-                run.outbox.append((chunk_topic, closing, request.request_id))
             self._answer_error(run, failure, attempts)
             return
-        run.outbox.append((chunk_topic, closing, request.request_id))
         self._answer_ok(run, attempts, model=end.model, usage=end.usage, output="".join(parts))
 
     # -- answers and bills -------------------------------------------------------------------
