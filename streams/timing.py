@@ -11,7 +11,3 @@ def elapsed_ms_since(start: datetime) -> float:
     """Milliseconds from ``start`` to now, never negative (clocks of producers can run ahead)."""
     return max(0.0, (utc_now() - start).total_seconds() * 1000.0)
 
-
-def remaining_s(deadline: datetime) -> float:
-    """Seconds left until ``deadline`` (negative once it passed)."""
-    return (deadline - utc_now()).total_seconds()
