@@ -82,8 +82,7 @@ async def test_cost_report_equals_client_charges_after_crash_and_replay(
             nonlocal done
             done += 1
             if done == total_requests // 3:
-                victim.proc.send_signal(signal.SIGKILL)
-                stack.add_worker(2)  # a replacement, as an orchestrator would start
+                victim.proc.send_signal(signal.SIGKILL)  # the survivor takes its partitions over
 
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
             result, responses = await run_load(

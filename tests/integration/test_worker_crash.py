@@ -55,3 +55,35 @@ async def test_kill_9_worker_mid_run_loses_nothing(kafka_bootstrap: str, aifleet
     # the client saw each request's answer once; replays after the crash show up only as deduped extras
     assert raw_duplicates <= total
     assert calls is not None and calls["total_calls"] >= total
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="known hole: a replacement worker joining right after a kill -9 (two rebalances with records in "
+    "flight) has been seen to commit one request offset whose gate handler never ran (1 of 400, once in "
+    "about six runs); under investigation, see docs/design.md",
+)
+async def test_kill_9_then_replacement_worker_loses_nothing(kafka_bootstrap: str, aifleet_home: Path) -> None:
+    env = pipeline_env(
+        kafka_bootstrap,
+        aifleet_home,
+        AIFLEET_WORKER__SESSION_TIMEOUT_S="6",
+        AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1",
+    )
+    prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
+    total = 400
+    with running_stack(env, workers=2, latency_ms=10) as stack:
+        victim = stack.worker_children()[0]
+        done = 0
+
+        def progress() -> None:
+            nonlocal done
+            done += 1
+            if done == total // 3:
+                victim.proc.send_signal(signal.SIGKILL)
+                stack.add_worker(2)  # a replacement, as an orchestrator would start
+
+        async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
+            result, _ = await run_load(client, requests=total, concurrency=40, timeout_s=120, on_done=progress)
+    assert result.lost == 0
+    assert result.ok == total
