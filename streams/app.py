@@ -167,7 +167,7 @@ def worker_id() -> str:
 def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
     """A Faust app on the deployment's cluster with aifleet's transport settings (both apps share them)."""
     faust_tuning.apply()
-    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    bootstrap = settings.kafka_servers
     conf: dict[str, Any] = {
         "broker": [f"kafka://{h}" for h in bootstrap.split(",")],
         "value_serializer": "raw",
@@ -193,7 +193,7 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
 def build_app(settings: Settings) -> faust.App:
     """The whole worker: gate and dispatch agents over the deployment's topics."""
     topics = Topics.from_settings(settings)
-    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    bootstrap = settings.kafka_servers
     app = new_faust_app(
         settings,
         f"{settings.worker.app_id}-{settings.kafka.topic_prefix}",

@@ -158,7 +158,7 @@ def send(
     from streams.client import AifleetClient
 
     s = get_settings()
-    bootstrap = s.bootstrap or f"127.0.0.1:{s.kafka.port}"
+    bootstrap = s.kafka_servers
 
     async def go() -> Response:
         async with AifleetClient(bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions) as c:
@@ -235,7 +235,7 @@ def bench(
         if stack is not None:
             with err.status("starting broker, emulator and workers..."):
                 stack.start()
-        bootstrap = stack.bootstrap if stack else (s.bootstrap or f"127.0.0.1:{s.kafka.port}")
+        bootstrap = stack.bootstrap if stack else s.kafka_servers
         emu = stack.emulator_url if stack else (s.provider_base_url or f"http://127.0.0.1:{s.emulator.port}")
         with err.status("waiting for the pipeline to answer..."):
             if stack is not None:

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap or self.kafka.bootstrap
 
     @property
+    def kafka_servers(self) -> str:
+        """Where clients connect: the external cluster when one is set, else the embedded broker."""
+        return self.bootstrap or f"127.0.0.1:{self.kafka.port}"
+
+    @property
     def broker_data_dir(self) -> Path:
         """Where the embedded broker keeps its log segments."""
         return self.kafka.data_dir or self.home / "kafka" / f"data-{self.kafka.port}"

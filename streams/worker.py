@@ -31,7 +31,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
     from streams.topics import Topics
 
     settings = settings or get_settings()
-    bootstrap = settings.bootstrap or f"127.0.0.1:{settings.kafka.port}"
+    bootstrap = settings.kafka_servers
     from streams.app import changelog_topics
 
     ensure_topics(

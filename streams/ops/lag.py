@@ -100,7 +100,7 @@ def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str,
     """librdkafka client configuration for the deployment's cluster, security included."""
     k = settings.kafka
     conf: dict[str, str] = {
-        "bootstrap.servers": bootstrap or settings.bootstrap or f"127.0.0.1:{k.port}",
+        "bootstrap.servers": bootstrap or settings.kafka_servers,
         "security.protocol": k.security_protocol,
     }
     if k.security_protocol.startswith("SASL"):

@@ -17,7 +17,7 @@ from streams.analytics.reports import report
 from streams.bench import run_load
 from streams.client import AifleetClient
 from streams.settings import Settings
-from tests.fixtures.pipeline import patched_env, pipeline_env, running_stack
+from tests.fixtures.pipeline import FAST_FAILOVER, patched_env, pipeline_env, running_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -68,7 +68,9 @@ async def test_cost_report_equals_client_charges_after_crash_and_replay(
     kafka_bootstrap: str, aifleet_home: Path
 ) -> None:
     env = pipeline_env(
-        kafka_bootstrap, aifleet_home, AIFLEET_WORKER__SESSION_TIMEOUT_S="6", AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1"
+        kafka_bootstrap,
+        aifleet_home,
+        **FAST_FAILOVER,
     )
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     total_requests = 400

@@ -10,7 +10,7 @@ import pytest
 
 from streams.bench import emulator_stats, run_load
 from streams.client import AifleetClient
-from tests.fixtures.pipeline import pipeline_env, running_stack
+from tests.fixtures.pipeline import FAST_FAILOVER, pipeline_env, running_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -19,8 +19,7 @@ async def test_kill_9_worker_mid_run_loses_nothing(kafka_bootstrap: str, aifleet
     env = pipeline_env(
         kafka_bootstrap,
         aifleet_home,
-        AIFLEET_WORKER__SESSION_TIMEOUT_S="6",
-        AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1",
+        **FAST_FAILOVER,
     )
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     total = 1500
@@ -67,8 +66,7 @@ async def test_kill_9_then_replacement_worker_loses_nothing(kafka_bootstrap: str
     env = pipeline_env(
         kafka_bootstrap,
         aifleet_home,
-        AIFLEET_WORKER__SESSION_TIMEOUT_S="6",
-        AIFLEET_WORKER__HEARTBEAT_INTERVAL_S="1",
+        **FAST_FAILOVER,
     )
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
     total = 400
