@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.alert import Alert
+from schemas.cache import CacheFill, CachePurge
 from schemas.chunk import StreamChunk
 from schemas.dead_letter import DeadLetter
 from schemas.health import ProviderHealth
@@ -32,6 +33,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "alert": Alert,
     "dead_letter": DeadLetter,
     "routed_request": RoutedRequest,
+    "cache_fill": CacheFill,
+    "cache_purge": CachePurge,
 }
 
 

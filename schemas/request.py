@@ -47,7 +47,10 @@ class Request(Event):
     deadline_ms: int = Field(default=30_000, ge=1, le=3_600_000)
     reply_topic: str | None = Field(default=None, max_length=249)
     region: str | None = Field(default=None, max_length=64)
-    cache_bypass: bool = False
+    cache_bypass: bool = Field(default=False, description="Never answer from the cache, nor fill it.")
+    cache_nondeterministic: bool = Field(
+        default=False, description="Cache this answer although sampling is not deterministic (temperature > 0)."
+    )
     allow_semantic_cache: bool = False
     metadata: dict[str, str] = Field(default_factory=dict)
 

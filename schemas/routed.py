@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from schemas.base import Event, utc_now
+from schemas.cache import CacheTicket
 from schemas.request import Request, Tier
 from schemas.response import RouteInfo
 
@@ -21,3 +22,4 @@ class RoutedRequest(Event):
     attempt: int = Field(default=1, ge=1)
     reply_topic: str
     gated_at: datetime = Field(default_factory=utc_now)
+    cache: CacheTicket | None = Field(default=None, description="Set when this request leads a cache entry.")

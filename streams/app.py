@@ -12,6 +12,7 @@ import faust
 from pydantic import ValidationError
 
 from schemas.base import Event
+from schemas.cache import CachePurge
 from schemas.dead_letter import DeadLetterReason
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
@@ -19,9 +20,12 @@ from streams import faust_tuning
 from streams.agents.dispatch import DispatchStage
 from streams.agents.gate import GateStage, Record
 from streams.agents.infer import InferStage
+from streams.cache.semantic import SemanticIndex
+from streams.cache.stage import CacheStage
+from streams.cache.store import CacheStore, TableCacheStore
 from streams.catalog import Catalog, cached_catalog
 from streams.codec import dead_letter
-from streams.errors import InvalidRecord
+from streams.errors import ConfigError, InvalidRecord
 from streams.health_feed import HealthPublisher, follow_health
 from streams.providers.base import Provider
 from streams.providers.local import shared_embedder
@@ -51,12 +55,16 @@ class FaustPublisher:
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
-    async def publish(self, topic: str, event: Event, *, key: str | None = None) -> Awaitable[object]:
-        return await self.publish_raw(topic, event.to_json(), key=key)
+    async def publish(
+        self, topic: str, event: Event, *, key: str | None = None, partition: int | None = None
+    ) -> Awaitable[object]:
+        return await self.publish_raw(topic, event.to_json(), key=key, partition=partition)
 
-    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> Awaitable[object]:
+    async def publish_raw(
+        self, topic: str, value: bytes, *, key: str | None = None, partition: int | None = None
+    ) -> Awaitable[object]:
         return await self._app.producer.send(
-            topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None
+            topic, key.encode() if key else None, value, partition=partition, timestamp=None, headers=None
         )
 
 
@@ -153,11 +161,55 @@ def _usage_or_none(raw: bytes | None) -> UsageEvent | None:
 
 
 QUOTA_TABLE = "quota"
+CACHE_TABLE = "cache"
 
 
 def changelog_topics(settings: Settings) -> list[str]:
     """The pipeline's table changelogs (compacted, co-partitioned with the requests topic)."""
-    return [f"{settings.worker.app_id}-{settings.kafka.topic_prefix}-{QUOTA_TABLE}-changelog"]
+    tables = [QUOTA_TABLE, CACHE_TABLE] if settings.cache.backend == "table" else [QUOTA_TABLE]
+    return [f"{settings.worker.app_id}-{settings.kafka.topic_prefix}-{t}-changelog" for t in tables]
+
+
+def build_cache(
+    app: faust.App, settings: Settings, catalog: Catalog, topics: Topics, publisher: FaustPublisher, wid: str
+) -> CacheStage | None:
+    """The cache stage over the configured backend (None when caching is off)."""
+    cfg = settings.cache
+    if not cfg.enabled:
+        return None
+    store: CacheStore
+    if cfg.backend == "redis":
+        from streams.cache.redis_store import RedisCacheStore
+
+        store = RedisCacheStore.from_url(cfg.redis_url.get_secret_value(), prefix=cfg.redis_prefix)
+    else:
+        if catalog.cache_scopes:
+            raise ConfigError(
+                "shared cache scopes need the redis cache backend (AIFLEET_CACHE__BACKEND=redis): "
+                "the table backend keeps each tenant's entries on its own partition"
+            )
+        table = app.Table(
+            CACHE_TABLE,
+            default=None,
+            partitions=settings.kafka.partitions,
+            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+            store=cfg.table_store,
+        )
+        store = TableCacheStore(_TableState(table))
+
+    async def embed(texts: list[str]) -> Any:
+        return await shared_embedder().embed_async(texts)
+
+    return CacheStage(
+        store=store,
+        catalog=catalog,
+        topics=topics,
+        publisher=publisher,
+        settings=cfg,
+        index=SemanticIndex(threshold=cfg.semantic_threshold, max_per_namespace=cfg.semantic_max_per_scope),
+        embed=embed,
+        worker_id=wid,
+    )
 
 
 def worker_id() -> str:
@@ -230,6 +282,7 @@ def build_app(settings: Settings) -> faust.App:
         limiter = limiters.get(provider)
         return limiter_load(limiter) if limiter is not None else 0.0
 
+    cache = build_cache(app, settings, catalog, topics, publisher, wid)
     gate = GateStage(
         topics=topics,
         router=router,
@@ -240,6 +293,7 @@ def build_app(settings: Settings) -> faust.App:
         max_request_bytes=settings.worker.max_request_bytes,
         dlq_max_payload_bytes=settings.worker.dlq_max_payload_bytes,
         default_tier=settings.default_tier,
+        cache=cache,
     )
     dispatch = DispatchStage(topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid)
 
@@ -328,6 +382,22 @@ def build_app(settings: Settings) -> faust.App:
             if usage is not None:
                 ledger.settle_usage(usage)
 
+    if cache is not None:
+
+        @app.agent(raw_topic(topics.cache), name="cache")
+        async def cache_agent(stream: Any) -> None:
+            """Fills (answers of leading requests, released to their waiters), purges and sweeps, in order."""
+            async for event in stream.events():
+                await cache.handle(event.value, partition=event.message.partition)
+
+        @app.timer(interval=settings.cache.sweep_every_s)
+        async def sweep_cache() -> None:
+            """Ask each cache partition this worker owns to drop its expired entries (writes need its stream)."""
+            sweep = CachePurge(scope="*", expired_only=True, purge_id=f"sweep-{wid}")
+            for tp in app.consumer.assignment():
+                if tp.topic == topics.cache:
+                    await publisher.publish(topics.cache, sweep, partition=tp.partition)
+
     @app.task
     async def health_feed() -> None:
         await follow_health(
@@ -338,6 +408,8 @@ def build_app(settings: Settings) -> faust.App:
     async def _on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
         owned = {tp.partition for tp in assigned if tp.topic == topics.routed}
         resize_limits(limiters, catalog, settings.kafka.partitions, owned)
+        if cache is not None:
+            cache.index.reset()  # re-read from the store on first use: entries moved with their partitions
 
     @app.on_before_shutdown.connect
     async def _close_providers(_app: Any, **_: Any) -> None:

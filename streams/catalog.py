@@ -87,6 +87,8 @@ class TierSpec(_Frozen):
         default=None, ge=0, description="Budget of tenants of this tier that set none (None: unlimited)."
     )
 
+    cache_ttl_s: float = Field(default=3_600.0, ge=0, description="Exact/semantic cache TTL; 0 turns caching off.")
+
     def allows(self, provider: str) -> bool:
         """Whether this tier may send requests to ``provider``."""
         return ALL_PROVIDERS in self.providers or provider in self.providers
@@ -111,6 +113,7 @@ class TenantSpec(_Frozen):
     monthly_budget_usd: float | None = Field(default=None, ge=0, description="None: the tier's default.")
     region: str | None = Field(default=None, description="Preferred region when a request declares none.")
     requests_per_day: int | None = Field(default=None, ge=0, description="None: the tier's quota.")
+    cache_ttl_s: float | None = Field(default=None, ge=0, description="None: the tier's cache TTL.")
 
 
 class RoutingSpec(_Frozen):
@@ -136,6 +139,9 @@ class Catalog(_Frozen):
     tiers: dict[Tier, TierSpec] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
     routing: RoutingSpec = RoutingSpec()
+    cache_scopes: dict[str, list[str]] = Field(
+        default_factory=dict, description="Shared cache scopes: name -> tenants that may share cached answers."
+    )
 
     @model_validator(mode="after")
     def _every_tier_defined(self) -> Self:
@@ -154,6 +160,20 @@ class Catalog(_Frozen):
         if spec is not None:
             return spec.tier
         return hint or default
+
+    def cache_ttl_of(self, tenant: str, tier: Tier) -> float:
+        """How long a tenant's cached answers live (0: not cached)."""
+        spec = self.tenants.get(tenant)
+        if spec is not None and spec.cache_ttl_s is not None:
+            return spec.cache_ttl_s
+        return self.tier(tier).cache_ttl_s
+
+    def cache_scope_of(self, tenant: str) -> str:
+        """The scope a tenant's cached answers live in: its own name, unless a shared scope lists it."""
+        for name, members in self.cache_scopes.items():
+            if tenant in members:
+                return f"shared:{name}"
+        return tenant
 
     def region_of(self, tenant: str) -> str | None:
         """A tenant's configured region, if any."""
@@ -177,7 +197,7 @@ def load_catalog(path: Path) -> Catalog:
         {
             "prices_read": raw.get("prices_read"),
             "providers": raw.get("providers", {}),
-            **{k: raw[k] for k in ("tiers", "tenants", "routing") if k in raw},
+            **{k: raw[k] for k in ("tiers", "tenants", "routing", "cache_scopes") if k in raw},
         }
     )
 

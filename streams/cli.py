@@ -337,9 +337,15 @@ def _mount_subcommands() -> None:
     app.command("report", help="Cost, latency, error and cache reports from ClickHouse.")(report_command)
     bench_app.command("infer", help="Local ONNX inference: sentences/s and latency by batch size.")(infer_bench)
     bench_app.command("analytics", help="ClickHouse ingest rate and report query time.")(analytics_bench)
+    from streams.cache.cli import bench as cache_bench
+
+    bench_app.command("cache", help="Dedup and caching: provider calls vs distinct requests, hit vs miss latency.")(
+        cache_bench
+    )
     for module, name, help_text in (
         ("streams.routing.cli", "simulate", "Deterministic simulations (routing)."),
         ("streams.ops.cli", "scale", "Scaling advice from consumer lag, CPU and latency."),
+        ("streams.cache.cli", "cache", "The response cache: purge, semantic-threshold evaluation."),
     ):
         try:
             sub = __import__(module, fromlist=["app"]).app

@@ -175,3 +175,7 @@ class BudgetExceeded(QuotaError):
 
 class BrokerError(AifleetError):
     """The embedded broker could not be fetched, formatted or started."""
+
+
+class ConfigError(AifleetError):
+    """The deployment's settings or catalog contradict each other; raised at start-up, never per request."""

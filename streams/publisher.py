@@ -12,9 +12,13 @@ from schemas.base import Event
 class Publisher(Protocol):
     """Sends an event; the awaitable it returns resolves once the broker has the record."""
 
-    async def publish(self, topic: str, event: Event, *, key: str | None = None) -> Awaitable[object]: ...
+    async def publish(
+        self, topic: str, event: Event, *, key: str | None = None, partition: int | None = None
+    ) -> Awaitable[object]: ...
 
-    async def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> Awaitable[object]: ...
+    async def publish_raw(
+        self, topic: str, value: bytes, *, key: str | None = None, partition: int | None = None
+    ) -> Awaitable[object]: ...
 
 
 Outbox = list[tuple[str, Event, str | None]]

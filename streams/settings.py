@@ -96,6 +96,27 @@ class AnalyticsSettings(_Section):
     query_port: int = Field(default=0, ge=0, description="Embedded mode: port of the read-only query endpoint.")
 
 
+class CacheSettings(_Section):
+    """Dedup and caching: idempotency, coalescing, the exact cache and the semantic cache."""
+
+    enabled: bool = Field(default=True, description="Off: every request calls a provider.")
+    backend: Literal["table", "redis"] = Field(
+        default="table", description="table: changelog-backed Faust table; redis: a Redis server (shared scopes)."
+    )
+    table_store: str = Field(default="memory://", description="Store of the cache table: memory:// or rocksdb://.")
+    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="Redis backend URL.")
+    redis_prefix: str = Field(default="aifleet:cache", description="Key prefix in Redis (one per deployment).")
+    idempotency_window_s: float = Field(default=86_400.0, gt=0, description="How long an idempotency key holds.")
+    pending_grace_s: float = Field(
+        default=5.0, ge=0, description="A pending entry older than its leader's deadline plus this is taken over."
+    )
+    semantic_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="Cosine similarity at or above which a paraphrase is a hit."
+    )
+    sweep_every_s: float = Field(default=300.0, gt=0, description="How often expired entries are dropped.")
+    semantic_max_per_scope: int = Field(default=10_000, ge=1, description="Vectors kept per scope and namespace.")
+
+
 class EmulatorSettings(_Section):
     """The provider emulator that `aifleet up` starts when no provider key is set."""
 
@@ -148,6 +169,7 @@ class Settings(BaseSettings):
     infer: InferSettings = InferSettings()
     keys: ProviderKeys = ProviderKeys()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
+    cache: CacheSettings = CacheSettings()
 
     default_tier: Tier = Field(default="pro", description="Tier of tenants the tenant registry does not list.")
     provider_base_url: str | None = Field(

@@ -53,6 +53,11 @@ class Topics:
     def infer(self) -> str:
         return f"{self.prefix}.infer"
 
+    @property
+    def cache(self) -> str:
+        """Cache fills and purges, on the partition that owns the entry (co-partitioned with requests)."""
+        return f"{self.prefix}.cache"
+
     def all(self) -> list[str]:
         """The topics a worker declares at start-up."""
         return [
@@ -65,6 +70,7 @@ class Topics:
             self.alerts,
             self.dlq,
             self.infer,
+            self.cache,
         ]
 
     def reply_allowed(self, tenant: str, reply_topic: str) -> bool:

@@ -16,6 +16,7 @@ from schemas.request import Request
 from schemas.response import Latency, Response, RouteInfo, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
+from streams.cache.answers import fill_for
 from streams.errors import AifleetError
 from streams.observe import observe_outbox
 from streams.providers.base import StreamDelta, StreamEnd
@@ -82,6 +83,7 @@ class DispatchStage:
             run.outbox.append((routed.reply_topic, self._error_response(run, err, [], routed.route), None))
         observe_outbox("dispatch", run.outbox)
         await publish_all(self._pub, run.outbox)
+        await publish_fill(self._pub, self._topics, routed, run.outbox)
 
     async def _serve(self, run: _Run) -> None:
         request = run.request
@@ -256,6 +258,16 @@ class DispatchStage:
                     request.tenant,
                 )
             )
+
+
+async def publish_fill(publisher: Publisher, topics: Topics, routed: RoutedRequest, outbox: Outbox) -> None:
+    """A leading request's answer, sent to the cache partition that owns its entry (after the answer itself)."""
+    if routed.cache is None:
+        return
+    response = next((e for _, e, _ in outbox if isinstance(e, Response)), None)
+    fill = fill_for(routed, response) if response is not None else None
+    if fill is not None:
+        await (await publisher.publish(topics.cache, fill, key=fill.ticket.scope, partition=fill.ticket.partition))
 
 
 def _provider_ms(attempts: Sequence[Attempt]) -> float:

@@ -14,6 +14,7 @@ from schemas.request import Request, Tier
 from schemas.response import Latency, Response
 from schemas.routed import RoutedRequest
 from streams import metrics
+from streams.cache.stage import CacheStage
 from streams.codec import dead_letter, decode_request
 from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord
 from streams.observe import observe_outbox
@@ -53,6 +54,7 @@ class GateStage:
         max_request_bytes: int,
         dlq_max_payload_bytes: int,
         default_tier: Tier,
+        cache: CacheStage | None = None,
     ) -> None:
         self._topics = topics
         self._router = router
@@ -63,6 +65,7 @@ class GateStage:
         self._max_bytes = max_request_bytes
         self._dlq_max = dlq_max_payload_bytes
         self._default_tier = default_tier
+        self._cache = cache
 
     def _reply_topic_for(self, tenant: str | None, requested: str | None) -> str:
         if tenant and requested and self._topics.reply_allowed(tenant, requested):
@@ -88,7 +91,7 @@ class GateStage:
             # sent under another key (once), and count it when it comes back on the right partition.
             await (await self._pub.publish_raw(self._topics.requests, record.value or b"", key=request.tenant))
             return
-        await self._admit(request)
+        await self._admit(request, record.partition)
 
     async def _reject(self, record: Record, exc: InvalidRecord) -> None:
         letter = dead_letter(
@@ -112,10 +115,17 @@ class GateStage:
             )
         await publish_all(self._pub, items)
 
-    async def _admit(self, request: Request) -> None:
+    async def _admit(self, request: Request, partition: int) -> None:
         reply = request.reply_topic or self._topics.responses
         catalog = self._router.catalog
         tier = catalog.tier_of(request.tenant, request.tier, self._default_tier)
+        ticket = None
+        if self._cache is not None:
+            admission = await self._cache.admit(request, tier=tier, reply_topic=reply, partition=partition)
+            if admission.answered:
+                metrics.record_request("gate", "cached")
+                return
+            ticket = admission.ticket
         try:
             plan = self._router.plan(
                 request, tier=tier, available=self._available, load=self._load, region=catalog.region_of(request.tenant)
@@ -131,8 +141,10 @@ class GateStage:
             )
             observe_outbox("gate", [(reply, response, request.request_id)])
             await publish_all(self._pub, [(reply, response, request.request_id)])
+            if ticket is not None and self._cache is not None:
+                await self._cache.abandon(ticket, request.request_id, exc.to_info())
             return
-        routed = RoutedRequest(request=request, route=plan.route, tier=tier, reply_topic=reply)
+        routed = RoutedRequest(request=request, route=plan.route, tier=tier, reply_topic=reply, cache=ticket)
         metrics.record_request("gate", "admitted")
         local = request.kind == "embedding" and plan.route.provider == LOCAL_PROVIDER
         topic = self._topics.infer if local else self._topics.routed

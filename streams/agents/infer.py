@@ -18,6 +18,7 @@ from models.embedder import Embedder
 from schemas.response import Latency, Response, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
+from streams.agents.dispatch import publish_fill
 from streams.observe import observe_outbox
 from streams.publisher import Outbox, Publisher, publish_all
 from streams.timing import elapsed_ms_since
@@ -109,3 +110,7 @@ class InferStage:
             i += n
         observe_outbox("infer", outbox)
         await publish_all(self._pub, outbox)
+        for routed in batch:
+            if routed.cache is not None:
+                mine = [item for item in outbox if item[2] == routed.request.request_id]
+                await publish_fill(self._pub, self._topics, routed, mine)
