@@ -246,6 +246,8 @@ def build_app(settings: Settings) -> faust.App:
     """The whole worker: gate and dispatch agents over the deployment's topics."""
     topics = Topics.from_settings(settings)
     bootstrap = settings.kafka_servers
+    datadir = settings.home / "worker-data" / worker_id()
+    datadir.mkdir(parents=True, exist_ok=True)
     app = new_faust_app(
         settings,
         f"{settings.worker.app_id}-{settings.kafka.topic_prefix}",
@@ -254,6 +256,7 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.worker.web_port or 6066,
         web_host="127.0.0.1",
         store=settings.worker.table_store,
+        datadir=str(datadir),  # RocksDB table stores: one directory per worker
     )
     publisher = FaustPublisher(app)
     catalog = catalog_for(settings)

@@ -103,7 +103,9 @@ class CacheSettings(_Section):
     backend: Literal["table", "redis"] = Field(
         default="table", description="table: changelog-backed Faust table; redis: a Redis server (shared scopes)."
     )
-    table_store: str = Field(default="memory://", description="Store of the cache table: memory:// or rocksdb://.")
+    table_store: str = Field(
+        default="rocksdb://", description="Store of the cache table: rocksdb:// (on disk, sized by disk) or memory://."
+    )
     redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="Redis backend URL.")
     redis_prefix: str = Field(default="aifleet:cache", description="Key prefix in Redis (one per deployment).")
     idempotency_window_s: float = Field(default=86_400.0, gt=0, description="How long an idempotency key holds.")
