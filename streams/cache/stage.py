@@ -22,6 +22,7 @@ from schemas.errors import ErrorInfo, ErrorReason
 from schemas.request import Request, Tier
 from streams import metrics
 from streams.cache.answers import answered_outbox, failed_outbox
+from streams.cache.entry import is_fresh
 from streams.cache.keys import cache_keys, semantic_text
 from streams.cache.semantic import SemanticIndex
 from streams.cache.store import CacheStore
@@ -99,35 +100,34 @@ class CacheStage:
             created_at=request.created_at,
         )
         now = utc_now()
-        vector: list[float] | None = None
-        if keys.semantic_ns is not None and self._embed is not None:
-            current = await self._store.get(keys.key)
-            if current is None or current.state != "done":
-                vector, hit = await self._semantic_lookup(scope, keys.semantic_ns, request)
-                if hit is not None and hit.answer is not None:
-                    await self._answer(waiter, hit, reason="semantic cache hit")
-                    metrics.record_cache_lookup("semantic", True)
-                    return Admission(answered=True)
-                metrics.record_cache_lookup("semantic", False)
         lead_until = max(request.deadline, now) + timedelta(seconds=self._settings.pending_grace_s)
+        key = keys.key
+        vector: list[float] | None = None
+        semantic = False
+        if keys.semantic_ns is not None and self._embed is not None:
+            current = await self._store.get(key)
+            if current is None or not is_fresh(current, now):
+                vector, similar = await self._semantic_lookup(scope, keys.semantic_ns, request)
+                metrics.record_cache_lookup("semantic", similar is not None)
+                if similar is not None:  # a paraphrase is answered or in flight: take its answer, or wait for it
+                    key, semantic = similar.key, True
         claim = await self._store.claim(
-            keys.key, scope=scope, partition=partition, waiter=waiter, now=now, lead_until=lead_until
+            key, scope=scope, partition=partition, waiter=waiter, now=now, lead_until=lead_until
         )
         if claim.outcome == "hit":
             metrics.record_cache_lookup("exact", True)
-            await self._answer(waiter, claim.entry, reason="idempotent replay" if keys.idempotent else "cache hit")
+            reason = "semantic cache hit" if semantic else "idempotent replay" if keys.idempotent else "cache hit"
+            await self._answer(waiter, claim.entry, reason=reason)
             return Admission(answered=True)
         if claim.outcome == "join":
             metrics.record_cache_lookup("coalesced", True)
             return Admission(answered=True)  # answered when the leader's fill arrives
         metrics.record_cache_lookup("exact", False)
+        semantic_ns = keys.semantic_ns if vector is not None else None
+        if semantic_ns is not None and vector is not None:
+            self._index.add(semantic_ns, key, vector)  # paraphrases arriving while this call is out wait for it
         ticket = CacheTicket(
-            key=keys.key,
-            scope=scope,
-            partition=partition,
-            ttl_s=ttl,
-            semantic_ns=keys.semantic_ns if vector is not None else None,
-            vector=vector,
+            key=key, scope=scope, partition=partition, ttl_s=ttl, semantic_ns=semantic_ns, vector=vector
         )
         return Admission(answered=False, ticket=ticket)
 
@@ -153,7 +153,7 @@ class CacheStage:
         if match is None:
             return vector.tolist(), None
         found = await self._store.get(match.key)
-        if found is None or found.state != "done" or found.stale_at <= utc_now():
+        if found is None or not is_fresh(found, utc_now()):
             self._index.remove(namespace, match.key)
             return vector.tolist(), None
         return vector.tolist(), found

@@ -98,6 +98,22 @@ async def test_provider_calls_equal_distinct_requests_and_the_cache_survives_a_r
             assert second.request_id == f"{run}-idem{tag}-b" and second.output == first.output
             assert calls_for(stack.emulator_url, run) == 162
 
+            # the semantic cache: a paraphrase of an answered prompt is a hit, an unrelated prompt is not
+            base = await client.request(
+                ask(f"{run}-sem{tag}-a", "How do I reset my password?", allow_semantic_cache=True), timeout=60
+            )
+            para = await client.request(
+                ask(f"{run}-sem{tag}-b", "What are the steps to reset my password?", allow_semantic_cache=True),
+                timeout=60,
+            )
+            unrelated = await client.request(
+                ask(f"{run}-sem{tag}-c", "How do I reset my router?", allow_semantic_cache=True), timeout=60
+            )
+            assert base.status == "ok" and unrelated.status == "ok"
+            assert para.status == "cached" and para.output == base.output
+            assert para.route is not None and para.route.reason == "semantic cache hit"
+            assert calls_for(stack.emulator_url, run) == 164
+
             # purge the tenant: the next repeat calls the provider again
             send_purge(kafka_bootstrap, f"{prefix}.cache", "bench")
             await asyncio.sleep(2.0)
@@ -106,7 +122,7 @@ async def test_provider_calls_equal_distinct_requests_and_the_cache_survives_a_r
                 timeout=60,
             )
             assert after.status == "ok"
-            assert calls_for(stack.emulator_url, run) == 163
+            assert calls_for(stack.emulator_url, run) == 165
 
 
 async def test_redis_backend_shares_a_scope_between_two_tenants_only(
