@@ -9,7 +9,9 @@ Routes (``{p}`` is the provider's name in the catalog, so calls are counted per 
     POST /{p}/v1/messages                                  Anthropic Messages, JSON or SSE (stream=true)
     POST /{p}/api/chat                                     Ollama chat, JSON or NDJSON (stream defaults to true)
     POST /{p}/api/embed                                    Ollama embeddings
-    GET  /_emulator/stats                                  calls (and reported tokens) by provider, in total, time spent
+    GET  /_emulator/stats                                  calls (and reported tokens) by provider, in total, time
+                                                           spent; calls and successful answers by request id
+    GET  /_emulator/calls?since=T&until=T                  calls by provider that arrived between two wall-clock times
     POST /_emulator/profile/{p}                            set a provider's FaultProfile (JSON body)
     POST /_emulator/reset                                  zero the counters and clear every profile
     GET  /healthz
@@ -44,10 +46,12 @@ class EmulatorState:
     calls: Counter[str] = field(default_factory=Counter)
     profile_calls: Counter[str] = field(default_factory=Counter)
     calls_by_request: Counter[str] = field(default_factory=Counter)
+    ok_calls_by_request: Counter[str] = field(default_factory=Counter)
     input_tokens: Counter[str] = field(default_factory=Counter)
     output_tokens: Counter[str] = field(default_factory=Counter)
     busy_s: float = 0.0
     call_times: dict[str, deque[float]] = field(default_factory=dict)
+    call_walls: dict[str, deque[float]] = field(default_factory=dict)
     profiles: dict[str, FaultProfile] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -59,9 +63,18 @@ class EmulatorState:
         self.profiles[provider] = profile
         self.profile_calls[provider] = 0
 
-    def record_call(self, provider: str) -> None:
-        """Remember when a call arrived (the last 200,000 per provider), for windowed rate checks."""
+    def record_call(self, provider: str, request_id: str | None = None) -> None:
+        """Count a call, by provider and by request id, and remember when it arrived (the last 200,000 per
+        provider: monotonic for windowed rate checks, wall-clock to line calls up with other processes' events)."""
+        self.calls[provider] += 1
+        if request_id:
+            self.calls_by_request[request_id] += 1
         self.call_times.setdefault(provider, deque(maxlen=200_000)).append(time.monotonic())
+        self.call_walls.setdefault(provider, deque(maxlen=200_000)).append(time.time())
+
+    def calls_between(self, since: float, until: float) -> dict[str, int]:
+        """Calls per provider that arrived in ``[since, until]`` (wall-clock seconds since the epoch)."""
+        return {p: sum(1 for t in walls if since <= t <= until) for p, walls in self.call_walls.items()}
 
     def max_calls_in_window(self, provider: str, window_s: float = 60.0) -> int:
         """The most calls this provider received in any ``window_s`` seconds (a sliding window)."""
@@ -73,13 +86,38 @@ class EmulatorState:
             best = max(best, end - start + 1)
         return best
 
-    def bill(self, provider: str, input_tokens: int, output_tokens: int) -> None:
-        """Count the tokens a reply reported (only replies that delivered their usage)."""
+    def bill(self, provider: str, input_tokens: int, output_tokens: int, request_id: str | None = None) -> None:
+        """Count a successful answer (a reply that delivered its usage): its tokens, and its request id."""
         self.input_tokens[provider] += input_tokens
         self.output_tokens[provider] += output_tokens
+        if request_id:
+            self.ok_calls_by_request[request_id] += 1
+
+    def clear(self) -> None:
+        """Zero every counter and clear every profile (the seeded draws start over)."""
+        for counter in (
+            self.calls,
+            self.profile_calls,
+            self.calls_by_request,
+            self.ok_calls_by_request,
+            self.input_tokens,
+            self.output_tokens,
+        ):
+            counter.clear()
+        self.call_times.clear()
+        self.call_walls.clear()
+        self.profiles.clear()
+        self.busy_s = 0.0
+        self.rng.seed(self.seed)
 
 
 STATE = web.AppKey("state", EmulatorState)
+REQUEST_ID_HEADER = "X-Aifleet-Request-Id"
+
+
+def _request_id(request: web.Request) -> str | None:
+    """The gateway's request id, sent with every call (how calls are counted per request)."""
+    return request.headers.get(REQUEST_ID_HEADER)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -192,11 +230,7 @@ async def _apply_fault(
     state: EmulatorState, provider: str, request: web.Request, wire: Wire = OPENAI
 ) -> tuple[web.StreamResponse | None, Fault, float]:
     """Count the call, sleep its latency, and return an error reply if its fault says so."""
-    state.calls[provider] += 1
-    state.record_call(provider)
-    req_id = request.headers.get("X-Aifleet-Request-Id")
-    if req_id:
-        state.calls_by_request[req_id] += 1
+    state.record_call(provider, _request_id(request))
     profile = state.profile(provider)
     fault, status = profile.draw(state.rng, state.profile_calls[provider])
     state.profile_calls[provider] += 1
@@ -277,7 +311,7 @@ class _Streamer:
             await self.resp.write(delta(piece))
         for frame in tail:
             await self.resp.write(frame)
-        self.state.bill(self.provider, *usage)
+        self.state.bill(self.provider, *usage, _request_id(self.request))
         await self.resp.write_eof()
         return self.resp
 
@@ -321,7 +355,7 @@ async def _openai_chat(request: web.Request, wire: Wire, model_override: str | N
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage,
         }
-        state.bill(provider, usage["prompt_tokens"], usage["completion_tokens"])
+        state.bill(provider, usage["prompt_tokens"], usage["completion_tokens"], _request_id(request))
         state.busy_s += time.perf_counter() - started
         return _json(doc, headers={"x-emulator-ms": f"{(time.perf_counter() - started) * 1000:.3f}"})
 
@@ -369,7 +403,7 @@ async def _openai_embeddings(request: web.Request, wire: Wire, model_override: s
         return error
     data = [{"object": "embedding", "index": i, "embedding": embedding_for(t)} for i, t in enumerate(inputs)]
     tokens = sum(count_tokens(t) for t in inputs)
-    state.bill(provider, tokens, 0)
+    state.bill(provider, tokens, 0, _request_id(request))
     return _json(
         {
             "object": "list",
@@ -451,7 +485,7 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     in_tok, out_tok = count_tokens(prompt), (count_tokens(text) if text else 0)
     msg_id = f"msg_{state.calls[provider]:08d}"
     if not body.get("stream"):
-        state.bill(provider, in_tok, out_tok)
+        state.bill(provider, in_tok, out_tok, _request_id(request))
         state.busy_s += time.perf_counter() - started
         return _json(
             {
@@ -552,7 +586,7 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
         "eval_count": out_tok,
     }
     if body.get("stream", True) is False:
-        state.bill(provider, in_tok, out_tok)
+        state.bill(provider, in_tok, out_tok, _request_id(request))
         state.busy_s += time.perf_counter() - started
         return _json({**final, "message": {"role": "assistant", "content": text}})
 
@@ -593,7 +627,7 @@ async def ollama_embed(request: web.Request) -> web.StreamResponse:
     if error is not None:
         return error
     tokens = sum(count_tokens(t) for t in inputs)
-    state.bill(provider, tokens, 0)
+    state.bill(provider, tokens, 0, _request_id(request))
     return _json({"model": model, "embeddings": [embedding_for(t) for t in inputs], "prompt_eval_count": tokens})
 
 
@@ -603,6 +637,7 @@ async def ollama_embed(request: web.Request) -> web.StreamResponse:
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     dup = sum(c - 1 for c in state.calls_by_request.values() if c > 1)
+    dup_ok = sum(c - 1 for c in state.ok_calls_by_request.values() if c > 1)
     providers = set(state.input_tokens) | set(state.output_tokens)
     return _json(
         {
@@ -611,6 +646,9 @@ async def stats(request: web.Request) -> web.Response:
             "distinct_requests": len(state.calls_by_request),
             "repeat_calls": dup,
             "calls_by_request": dict(state.calls_by_request),
+            "ok_calls": sum(state.ok_calls_by_request.values()),
+            "repeat_ok_calls": dup_ok,
+            "ok_calls_by_request": dict(state.ok_calls_by_request),
             "usage": {
                 p: {"input_tokens": state.input_tokens[p], "output_tokens": state.output_tokens[p]} for p in providers
             },
@@ -618,6 +656,16 @@ async def stats(request: web.Request) -> web.Response:
             "max_calls_per_60s": {p: state.max_calls_in_window(p) for p in state.call_times},
         }
     )
+
+
+async def calls_between(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        since = float(request.query.get("since", "0"))
+        until = float(request.query.get("until", "inf"))
+    except ValueError:
+        return _json({"error": "since and until are wall-clock seconds since the epoch"}, status=400)
+    return _json({"since": since, "until": until, "calls": state.calls_between(since, until)})
 
 
 async def set_profile(request: web.Request) -> web.Response:
@@ -628,16 +676,7 @@ async def set_profile(request: web.Request) -> web.Response:
 
 
 async def reset(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    state.calls.clear()
-    state.call_times.clear()
-    state.profile_calls.clear()
-    state.calls_by_request.clear()
-    state.input_tokens.clear()
-    state.output_tokens.clear()
-    state.profiles.clear()
-    state.busy_s = 0.0
-    state.rng.seed(state.seed)
+    request.app[STATE].clear()
     return _json({"ok": True})
 
 
@@ -659,6 +698,7 @@ def create_app(latency_ms: float = 0.0, seed: int = 0) -> web.Application:
     app.router.add_post("/{provider}/api/chat", ollama_chat)
     app.router.add_post("/{provider}/api/embed", ollama_embed)
     app.router.add_get("/_emulator/stats", stats)
+    app.router.add_get("/_emulator/calls", calls_between)
     app.router.add_post("/_emulator/profile/{provider}", set_profile)
     app.router.add_post("/_emulator/reset", reset)
     app.router.add_get("/healthz", healthz)

@@ -55,12 +55,7 @@ class RunningEmulator:
         return self.state.input_tokens[provider], self.state.output_tokens[provider]
 
     def reset(self) -> None:
-        s = self.state
-        for counter in (s.calls, s.profile_calls, s.calls_by_request, s.input_tokens, s.output_tokens):
-            counter.clear()
-        s.profiles.clear()
-        s.busy_s = 0.0
-        s.rng.seed(s.seed)
+        self.state.clear()
 
 
 @asynccontextmanager

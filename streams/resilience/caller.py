@@ -11,7 +11,9 @@ For each (provider, model) in order: skip it when its circuit is open or our rat
 saturated past ``limiter_wait_s``; else call it, retrying retryable errors with backoff (honouring
 ``retry_after_s``) while the deadline allows, then fall back to the next entry. ``BadRequest`` and
 ``ContentFiltered`` stop the chain (another provider would answer the same). A call is cut at the
-deadline (``DeadlineExceeded``). Results are returned, never raised.
+deadline (``DeadlineExceeded``). When no call was made at all, the error is ``RateLimitSaturated``
+(reason ``rate_limited``, with the soonest ``retry_after_s``) if every provider was skipped for its
+rate limit, else ``NoProviderAvailable``. Results are returned, never raised.
 
 ``stream()`` does the same for streams but commits to a provider at its first delta: failures before
 it fall back like ``complete``; after it the stream ends with a ``StreamError`` carrying a typed error
@@ -213,6 +215,14 @@ class ResilientCaller:
             return last
         waits = [a.error.retry_after_s for a in attempts if a.error is not None and a.error.retry_after_s]
         detail = "; ".join(f"{a.provider}: {a.outcome}" for a in attempts) or "empty fallback chain"
+        if attempts and all(a.outcome == "rate_limited" for a in attempts):
+            # Every provider is up but our share of its rate limit is used: the client is rate limited.
+            soonest = min(attempts, key=lambda a: a.error.retry_after_s or math.inf if a.error else math.inf)
+            return RateLimitSaturated(
+                f"every provider's rate limit is saturated ({detail})",
+                provider=soonest.provider,
+                retry_after_s=min(waits, default=None),
+            )
         return NoProviderAvailable(
             f"no provider could take the call ({detail})", retry_after_s=min(waits, default=None)
         )

@@ -2,7 +2,9 @@
 
 States: ``closed`` (calls flow; consecutive health failures are counted), ``open`` (no calls until
 the recovery timeout has passed), ``half_open`` (exactly one probe call is let through; its
-success closes the circuit, its failure re-opens it for another recovery timeout).
+success closes the circuit, its failure re-opens it for another recovery timeout). Once the
+recovery timeout has passed, ``state`` reads ``half_open`` so that routing offers the provider its
+probe; ``allow`` makes the transition (and publishes it) when it grants the probe.
 
 Every local transition is handed to ``on_transition`` as a ``schemas.health.ProviderHealth`` (the
 dispatch agent publishes it on ``<prefix>.health``); transitions other workers published are
@@ -89,7 +91,15 @@ class CircuitBreaker:
     # -- reading -----------------------------------------------------------------------------
     @property
     def state(self) -> CircuitState:
-        """The current state (reading it never changes it)."""
+        """The current state (reading it never changes it).
+
+        An open circuit whose recovery timeout has passed reads ``half_open``: its probe may go now,
+        so routing must offer the provider again (routing skips ``open`` providers, and no probe could
+        ever be sent if it skipped this one). The transition itself, and its health event, happen when
+        ``allow`` grants the probe.
+        """
+        if self._state == "open" and self._clock.monotonic() - self._opened_at >= self.recovery_timeout_s:
+            return "half_open"
         return self._state
 
     @property

@@ -36,30 +36,56 @@ async def _health_events(bootstrap: str, topic: str) -> list[ProviderHealth]:
         await consumer.stop()
 
 
+def duplicate_provider_calls(ok_calls_by_request: dict[str, int], answered: set[str]) -> int:
+    """Provider calls beyond what the requests needed: every successful answer after a request's first,
+    and every successful answer to a request that was never answered. A failed call retried after a
+    fault was needed, so it is not one."""
+    repeats = sum(max(0, n - 1) for n in ok_calls_by_request.values())
+    wasted = sum(n for rid, n in ok_calls_by_request.items() if rid not in answered)
+    return repeats + wasted
+
+
 async def test_flaky_primary_with_healthy_secondary(kafka_bootstrap: str, aifleet_home: Path) -> None:
     env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_CONFIG_FILE=str(FAULTS))
     prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
+    run = uuid.uuid4().hex[:6]
+
+    def make(i: int) -> Request:
+        return Request(
+            request_id=f"flaky-{run}-{i}",
+            tenant="bench",
+            messages=[Message(role="user", content=f"flaky question {run} number {i}")],
+        )
+
     with running_stack(env, workers=1) as stack:
         assert stack.emulator_url
         _profile(
             stack.emulator_url, "openai", error_rates={"500": 0.2, "503": 0.1}, rate_limit_rate=0.1, retry_after_s=0.2
         )
         async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
-            result, responses = await run_load(client, requests=REQUESTS, concurrency=100, timeout_s=120)
+            result, responses = await run_load(
+                client, requests=REQUESTS, concurrency=100, timeout_s=120, make_request=make
+            )
         stats = emulator_stats(stack.emulator_url)
     ok_ratio = result.ok / result.sent
     served = {r.provider for r in responses if r.status == "ok"}
     assert stats is not None
     calls = stats["total_calls"]
+    ok_calls: dict[str, int] = stats["ok_calls_by_request"]
+    answered = {r.request_id for r in responses if r.status == "ok"}
+    duplicates = duplicate_provider_calls(ok_calls, answered)
     print(
         f"\nflaky primary: sent={result.sent} ok={result.ok} ({ok_ratio:.4%}) lost={result.lost} "
-        f"duplicates={result.duplicates} provider calls={calls} by provider={stats['calls']} "
-        f"served by={served} errors={result.error_reasons}"
+        f"duplicate responses={result.duplicates} provider calls={calls} by provider={stats['calls']} "
+        f"successful calls={stats['ok_calls']} duplicate provider calls={duplicates} "
+        f"({duplicates / result.sent:.3%} of requests) served by={served} errors={result.error_reasons}"
     )
     assert result.lost == 0
     assert ok_ratio >= 0.999
     assert "azure" in served  # the secondary took what the primary failed
     assert result.duplicates == 0
+    assert answered <= set(ok_calls) and all(rid.startswith(f"flaky-{run}-") for rid in ok_calls)
+    assert duplicates <= 0.001 * result.sent  # the issue's bound: at most 0.1% duplicate provider calls
 
 
 async def test_every_provider_down_ends_in_typed_errors_within_the_deadline(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -48,6 +49,32 @@ async def test_openai_routes_and_control_endpoints_still_work(http: aiohttp.Clie
         assert r.status == 200
     async with http.get("_emulator/stats") as r:
         assert (await r.json())["total_calls"] == 0
+
+
+async def test_successful_answers_are_counted_per_request_and_calls_by_arrival_time(
+    http: aiohttp.ClientSession, emu: RunningEmulator
+) -> None:
+    t0 = time.time()
+    emu.set_profile("openai", script=["503", "ok", "ok", "stream_error"])
+    for _ in range(3):  # r1 fails, then is answered twice: one needed answer, one duplicate
+        async with http.post("openai/v1/chat/completions", json=CHAT, headers={"X-Aifleet-Request-Id": "r1"}) as r:
+            await r.read()
+    for rid in ("r2", "r3"):  # a stream that breaks is no answer; one that completes is
+        body = {**CHAT, "stream": True}
+        async with http.post("openai/v1/chat/completions", json=body, headers={"X-Aifleet-Request-Id": rid}) as r:
+            await r.read()
+    t1 = time.time()
+    async with http.post("anthropic/v1/messages", json={**CHAT, "max_tokens": 8}) as r:
+        assert r.status == 200
+    async with http.get("_emulator/stats") as r:
+        stats = await r.json()
+    assert stats["calls_by_request"] == {"r1": 3, "r2": 1, "r3": 1}
+    assert stats["ok_calls_by_request"] == {"r1": 2, "r3": 1}
+    assert stats["ok_calls"] == 3 and stats["repeat_ok_calls"] == 1
+    async with http.get("_emulator/calls", params={"since": str(t0), "until": str(t1)}) as r:
+        assert (await r.json())["calls"] == {"openai": 5, "anthropic": 0}
+    async with http.get("_emulator/calls", params={"since": str(t1)}) as r:
+        assert (await r.json())["calls"] == {"openai": 0, "anthropic": 1}
 
 
 async def test_azure_needs_api_version_and_uses_the_deployment(http: aiohttp.ClientSession) -> None:

@@ -54,6 +54,22 @@ def test_exactly_one_half_open_probe_after_recovery_timeout_then_close() -> None
     ]
 
 
+def test_an_open_circuit_reads_half_open_once_its_probe_may_go() -> None:
+    # Routing skips providers whose state is "open": after the recovery timeout the state must say
+    # otherwise, or the probe is never sent. Reading it publishes nothing; granting the probe does.
+    clock, events = FakeClock(), []
+    b = breaker(clock, events, recovery_timeout_s=10.0)
+    for _ in range(5):
+        b.record_failure()
+    clock.advance(9.9)
+    assert b.state == "open"
+    clock.advance(0.1)
+    assert b.state == "half_open" and b.state == "half_open"
+    assert [e.state for e in events] == ["open"]
+    assert b.allow() and not b.allow()
+    assert b.state == "half_open" and [e.state for e in events] == ["open", "half_open"]
+
+
 def test_failed_probe_reopens_for_a_full_recovery_timeout() -> None:
     clock, events = FakeClock(), []
     b = breaker(clock, events, failure_threshold=2, recovery_timeout_s=10.0)

@@ -181,6 +181,31 @@ async def test_saturated_local_rate_limit_falls_back(providers: dict[str, Provid
     assert emulator.calls("openai") == 1
 
 
+async def test_every_provider_rate_limited_is_rate_limited_not_no_provider(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    clock = FakeClock()
+    limiters = {
+        name: ProviderLimiter(name, rpm=60, tpm=100_000, burst=1, clock=clock) for name in ("openai", "anthropic")
+    }
+    for limiter in limiters.values():
+        assert limiter.requests.try_acquire()  # our share of both is used up for the next second
+    caller, _, _, _ = make(providers, clock=clock, limiters=limiters, limiter_wait_s=0.2)
+    result = await caller.complete(req(), CHAIN, Deadline.after(10, clock))
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("openai", "rate_limited"),
+        ("anthropic", "rate_limited"),
+    ]
+    assert result.error is not None
+    info = result.error.to_info()
+    assert info.reason == ErrorReason.RATE_LIMITED and info.retryable
+    assert info.retry_after_s == pytest.approx(1.0)
+    stream = caller.stream(req(), CHAIN, Deadline.after(10, clock))
+    end = (await collect(stream))[-1]
+    assert isinstance(end, StreamError) and end.error.to_info().reason == ErrorReason.RATE_LIMITED
+    assert emulator.calls("openai") == 0 and emulator.calls("anthropic") == 0
+
+
 async def test_nothing_callable_is_no_provider_available(providers: dict[str, Provider]) -> None:
     caller, board, _, clock = make(providers)
     for name in ("openai", "anthropic"):
