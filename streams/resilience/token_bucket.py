@@ -144,12 +144,26 @@ class ProviderLimiter:
         self._clock = clock
         self.requests = TokenBucket(rpm, burst=burst, clock=clock, name=f"{provider} rpm")
         self.tokens = TokenBucket(tpm, clock=clock, name=f"{provider} tpm")
+        self.blocked = False
+        """True while this worker's share is zero (it owns no partition with a share of the limits)."""
 
     async def acquire(self, tokens: int, timeout: float = 0.0) -> None:
         """Take one request and ``tokens`` tokens, waiting at most ``timeout`` s; else ``RateLimitSaturated``."""
+        if self.blocked:
+            raise RateLimitSaturated(
+                f"{self.provider}: this worker holds no share of its limits", provider=self.provider
+            )
         await acquire_all([(self.requests, 1.0), (self.tokens, float(tokens))], timeout, self._clock, self.provider)
 
     def resize(self, *, rpm: float, tpm: float, burst: float | None = None) -> None:
-        """Apply a new share (after a rebalance changed the partitions this worker owns)."""
+        """Apply a new share (after a rebalance changed the partitions this worker owns).
+
+        A zero share (no owned partition, or a limit smaller than the partition count) blocks the
+        limiter: every acquire is refused as rate-limited until a rebalance gives it a share again.
+        """
+        if rpm <= 0 or tpm <= 0 or (burst is not None and burst <= 0):
+            self.blocked = True
+            return
+        self.blocked = False
         self.requests.set_limit(rpm, burst)
         self.tokens.set_limit(tpm)

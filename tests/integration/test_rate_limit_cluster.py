@@ -61,4 +61,4 @@ async def test_two_workers_stay_within_600_rpm(kafka_bootstrap: str, aifleet_hom
     assert lost == 0
     assert peak <= 600
     assert ok >= 600  # the limit is used, not just respected
-    assert reasons <= {"rate_limited", "no_provider", "deadline_exceeded"}
+    assert reasons <= {"rate_limited", "deadline_exceeded"}  # a saturated limiter is rate_limited, not no_provider

@@ -124,3 +124,12 @@ def test_any_assignment_of_partitions_never_exceeds_the_limit(limit: int, parts:
     total = sum(share_for(limit, parts, [p for p in range(parts) if owner[p] == w]) for w in range(workers))
     assert total == limit
     assert max(split(limit, parts)) - min(split(limit, parts)) <= 1
+
+
+async def test_a_zero_share_blocks_the_limiter_until_a_rebalance_gives_it_one_again() -> None:
+    limiter = ProviderLimiter("openai", rpm=60, tpm=6000, burst=5)
+    limiter.resize(rpm=0, tpm=0, burst=0)  # the worker owns no partition after a rebalance
+    with pytest.raises(RateLimitSaturated):
+        await limiter.acquire(10)
+    limiter.resize(rpm=30, tpm=3000, burst=2)
+    await limiter.acquire(10)
