@@ -198,9 +198,69 @@ def run_infer_bench(
                 "best_sentences_per_s": best,
                 "ratio_vs_batch1": round(best / batch1, 3) if batch1 else None,
             }
+    if device == "cpu" and (os.cpu_count() or 1) > 1 and 1 in batch_sizes:
+        say("batch 1 on every core")
+        report["batch1_all_cores"] = _batch1_all_cores(variants, seconds, rounds, texts, spec, home, pool)
     for e in embedders.values():
         e.close()
     return report
+
+
+def _batch1_all_cores(
+    variants: Sequence[Variant],
+    seconds: float,
+    rounds: int,
+    texts: Sequence[str],
+    spec: ModelSpec,
+    home: Path | None,
+    pool: Any,
+) -> dict[str, Any]:
+    """Batch-1 throughput of each variant using the whole CPU, each in its best CPU configuration.
+
+    One single-threaded run per core, with as many callers each sending one sentence at a time and no
+    micro-batching: what a variant gives single-sentence traffic on this machine. (At batch 1 a second
+    intra-op thread helps fp32's float GEMMs but hardly int8's small integer ones, so comparing both at
+    onnxruntime's default threads measures thread scaling more than the variants.) Interleaved in rounds.
+    """
+    cores = os.cpu_count() or 1
+    embedders = {
+        v: Embedder(v, "cpu", spec=spec, home=home, intra_op_threads=1, workers=cores, pool=pool, max_batch_size=512)
+        for v in variants
+    }
+    done: dict[str, int] = dict.fromkeys(variants, 0)
+    spent: dict[str, float] = dict.fromkeys(variants, 0.0)
+
+    async def slice_of(v: Variant, length_s: float) -> None:
+        emb = embedders[v]
+        end = time.perf_counter() + length_s
+
+        async def caller(offset: int) -> int:
+            n = 0
+            while time.perf_counter() < end:
+                await emb.embed_async([texts[(offset + n) % len(texts)]])
+                n += 1
+            return n
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(caller(i * 7) for i in range(cores)))
+        spent[v] += time.perf_counter() - t0
+        done[v] += sum(counts)
+
+    for v in variants:  # warm up the sessions and threads
+        asyncio.run(slice_of(v, 0.2))
+        done[v], spent[v] = 0, 0.0
+    for _ in range(rounds):
+        for v in variants:
+            asyncio.run(slice_of(v, seconds / rounds))
+    for e in embedders.values():
+        e.close()
+    out: dict[str, Any] = {
+        "cores": cores,
+        "sentences_per_s": {v: round(done[v] / spent[v], 2) for v in variants},
+    }
+    if "fp32" in done and "int8" in done and done["fp32"]:
+        out["int8_vs_fp32"] = round((done["int8"] / spent["int8"]) / (done["fp32"] / spent["fp32"]), 3)
+    return out
 
 
 def _run_mb(

@@ -218,6 +218,14 @@ def bench(
         console.print(
             f"  vs back-to-back batch-1 {mb['batch1_sentences_per_s']:.0f} sent/s: {mb['ratio_vs_batch1']:.2f}x"
         )
+    every_core = report.get("batch1_all_cores")
+    if every_core:
+        rates = ", ".join(f"{v} {r:.0f} sent/s" for v, r in every_core["sentences_per_s"].items())
+        ratio = every_core.get("int8_vs_fp32")
+        console.print(
+            f"batch 1 on all {every_core['cores']} cores (one single-threaded run per core): {rates}"
+            + (f"; int8/fp32 {ratio:.2f}x" if ratio else "")
+        )
 
 
 def main() -> None:

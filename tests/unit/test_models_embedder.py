@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,10 @@ def test_run_infer_bench_reports_every_point(models_home: Path) -> None:
     assert [r["batches_in_flight"] for r in mb["runs"]] == [1, 2]
     assert all(r["sentences_per_s"] > 0 and r["batches"] >= 1 for r in mb["runs"])
     assert mb["best_sentences_per_s"] == max(r["sentences_per_s"] for r in mb["runs"])
+    if (os.cpu_count() or 1) > 1:
+        every_core = report["batch1_all_cores"]
+        assert set(every_core["sentences_per_s"]) == {"fp32", "int8"}
+        assert all(r > 0 for r in every_core["sentences_per_s"].values()) and every_core["int8_vs_fp32"] > 0
     json.dumps(report)  # JSON-friendly all the way down
 
 
