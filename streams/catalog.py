@@ -94,14 +94,17 @@ class TierSpec(_Frozen):
         return ALL_PROVIDERS in self.providers or provider in self.providers
 
 
+TIER_ORDER: tuple[Tier, ...] = ("free", "basic", "pro", "enterprise")
+"""Tiers from least to most entitled."""
+
 LOCAL_PROVIDERS = ["local", "vllm", "ollama"]
 """Self-hosted providers (no per-token bill) that every tier may use."""
 
 DEFAULT_TIERS: dict[Tier, TierSpec] = {
-    "free": TierSpec(requests_per_day=100, quality_floor=0.5, providers=list(LOCAL_PROVIDERS)),
+    "free": TierSpec(requests_per_day=100, quality_floor=0.5, providers=list(LOCAL_PROVIDERS), cache_ttl_s=86_400.0),
     "basic": TierSpec(requests_per_day=1_000, quality_floor=0.6, providers=["openai", *LOCAL_PROVIDERS]),
     "pro": TierSpec(requests_per_day=10_000, quality_floor=0.7),
-    "enterprise": TierSpec(requests_per_day=None, quality_floor=0.8),
+    "enterprise": TierSpec(requests_per_day=None, quality_floor=0.8, cache_ttl_s=900.0),
 }
 """The shipped tiers; ``[tiers.<name>]`` in the TOML replaces one as a whole."""
 
@@ -155,11 +158,17 @@ class Catalog(_Frozen):
         return self.tiers[name]  # type: ignore[index]
 
     def tier_of(self, tenant: str, hint: Tier | None = None, default: Tier = "pro") -> Tier:
-        """A tenant's tier: its configured one, else the request's hint, else ``default``."""
+        """A tenant's tier: its configured one; for an unlisted tenant ``default``, or a lower tier it asks for.
+
+        A request's tier hint can lower an unlisted tenant's tier (to test the free tier's limits, say)
+        but never raise it: a tenant that declared itself enterprise would otherwise lift its own quota.
+        """
         spec = self.tenants.get(tenant)
         if spec is not None:
             return spec.tier
-        return hint or default
+        if hint is not None and TIER_ORDER.index(hint) < TIER_ORDER.index(default):
+            return hint
+        return default
 
     def cache_ttl_of(self, tenant: str, tier: Tier) -> float:
         """How long a tenant's cached answers live (0: not cached)."""

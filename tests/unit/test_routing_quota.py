@@ -186,3 +186,13 @@ def test_state_is_a_plain_json_dict_written_back_whole(catalog: Catalog) -> None
     assert state["acme"]["spent_nusd"] == 20_000_000
     # a second ledger over the same state (another worker after a rebalance) continues exactly
     assert QuotaLedger(catalog, state).usage("acme", NOON).spent_usd == 0.02
+
+
+def test_an_unlisted_tenant_may_lower_its_tier_with_the_hint_but_never_raise_it() -> None:
+    from streams.catalog import Catalog
+
+    cat = Catalog(providers={}, tenants={"acme": TenantSpec(tier="basic")})
+    assert cat.tier_of("stranger", None, "pro") == "pro"
+    assert cat.tier_of("stranger", "free", "pro") == "free"
+    assert cat.tier_of("stranger", "enterprise", "pro") == "pro"  # self-declared enterprise is not believed
+    assert cat.tier_of("acme", "enterprise", "pro") == "basic"  # a listed tenant's tier always wins
