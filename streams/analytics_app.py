@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
+from schemas.alert import Alert
 from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
@@ -31,6 +32,7 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
+WEBHOOK_QUEUE = 10_000  # alerts waiting for the webhook at most; beyond, they are only on the topic and table
 
 
 def alert_rules(settings: Settings) -> AlertRules:
@@ -67,6 +69,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
     window = UsageWindow(timedelta(seconds=a.alert_window_s))
     engine = AlertEngine(alert_rules(settings))
     endpoint: list[Any] = []
+    webhook_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=WEBHOOK_QUEUE)
 
     def raw_topic(name: str) -> Any:
         return app.topic(
@@ -128,14 +131,27 @@ def build_analytics_app(settings: Settings) -> faust.App:
         except AnalyticsUnavailable:
             log.warning("could not store %d alerts in ClickHouse; they are on the alerts topic", len(alerts))
         if a.webhook_url is not None:
-            from streams.analytics.webhook import SlackWebhook
+            for alert in alerts:
+                try:
+                    webhook_queue.put_nowait(alert)
+                except asyncio.QueueFull:
+                    log.warning("webhook queue full; %s is only on the alerts topic and in ClickHouse", alert.alert_id)
 
-            async with SlackWebhook(a.webhook_url.get_secret_value()) as hook:
-                for alert in alerts:
-                    try:
-                        await hook.send(alert)
-                    except Exception:  # noqa: BLE001 - the webhook gave up after its retries
-                        log.warning("webhook delivery failed for %s", alert.alert_id)
+    @app.task
+    async def deliver_webhooks() -> None:
+        """Post alerts to the webhook in order, off the evaluation timer: a slow or failing receiver
+        (retries with backoff) never delays evaluation or the alerts topic and table."""
+        if a.webhook_url is None:
+            return
+        from streams.analytics.webhook import SlackWebhook
+
+        async with SlackWebhook(a.webhook_url.get_secret_value()) as hook:
+            while True:
+                alert = await webhook_queue.get()
+                try:
+                    await hook.send(alert)
+                except Exception:  # noqa: BLE001 - the webhook gave up after its retries
+                    log.warning("webhook delivery failed for %s", alert.alert_id)
 
     @app.on_before_shutdown.connect
     async def _close(_app: Any, **_: Any) -> None:

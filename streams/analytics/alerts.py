@@ -14,7 +14,9 @@ the condition must hold ``warn_after`` (5 min) before a *warning* fires, and ``c
 crossed and fire at once. Each transition is emitted once (dedup). When the condition clears
 (for ``resolve_after``), a *resolved* alert is emitted and a ``cooldown`` starts during which
 the same alert cannot fire again. Providers with fewer than ``min_requests`` in the window are
-not judged on rates.
+not judged on rates; if such a provider's circuit is open (it gets almost no calls *because* it is
+failing: only the half-open probes), its rate alerts keep their last verdict instead of clearing,
+so an outage longer than the window does not resolve them while the provider is still down.
 
 ``UsageWindow`` turns a stream of ``UsageEvent``/``ProviderHealth`` into the ``Snapshot`` the
 engine evaluates; ``snapshot_from_store`` builds one from ClickHouse instead.
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from streams.analytics.client import Reader
 
 Clock = Callable[[], datetime]
+RATE_RULES = ("provider_error_rate", "provider_cost_per_request", "provider_p95_latency")
 _RANK: dict[str | None, int] = {None: 0, "warning": 1, "critical": 2}
 
 
@@ -170,6 +173,20 @@ def conditions(snapshot: Snapshot, rules: AlertRules) -> list[Condition]:
     return out
 
 
+def undetermined(snapshot: Snapshot, rules: AlertRules) -> set[tuple[str, str]]:
+    """(rule, provider) rate checks that cannot be judged now and must keep their last verdict.
+
+    A provider whose circuit is open gets no calls but its half-open probes, so its window soon
+    holds fewer than ``min_requests``: too few to judge, and not evidence of recovery either.
+    """
+    out: set[tuple[str, str]] = set()
+    for name in snapshot.unhealthy:
+        stats = snapshot.providers.get(name)
+        if stats is None or stats.requests < rules.min_requests:
+            out.update((rule, name) for rule in RATE_RULES)
+    return out
+
+
 class AlertEngine:
     """Evaluates snapshots and emits alert state changes. Not thread-safe; one per alerting agent."""
 
@@ -189,6 +206,10 @@ class AlertEngine:
         now = self.clock()
         emitted: list[Alert] = []
         active = {(c.rule, c.subject): c for c in conditions(snapshot, self.rules)}
+        for key in undetermined(snapshot, self.rules):
+            held = self._states.get(key)
+            if key not in active and held is not None and held.condition is not None:
+                active[key] = held.condition  # too few calls to judge while the circuit is open
         for key, cond in active.items():
             state = self._states.get(key)
             if state is None:
@@ -339,4 +360,5 @@ __all__ = [
     "UsageWindow",
     "conditions",
     "snapshot_from_store",
+    "undetermined",
 ]

@@ -177,6 +177,12 @@ def provider_window(
     return rows_as_dicts(columns, rows)
 
 
+def alert_history(reader: Reader, since: datetime, *, database: str = "aifleet") -> list[dict[str, Any]]:
+    """Alert transitions stored since ``since`` (firing, escalated, resolved), oldest first."""
+    columns, rows = reader.query_rows(load_sql("alert_history", database), {"since": _params(since, since)["since"]})
+    return rows_as_dicts(columns, rows)
+
+
 # -- rendering ------------------------------------------------------------------------------
 
 

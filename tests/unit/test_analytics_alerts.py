@@ -186,3 +186,39 @@ def test_usage_window_aggregates_dedups_and_slides() -> None:
         "provider_unhealthy",
     }
     assert AlertEngine(clock=clock).evaluate(snap) == []
+
+
+def test_rate_alert_holds_while_the_circuit_is_open_and_few_calls_reach_the_provider() -> None:
+    # an open circuit lets only its probes through: too few calls to judge a rate, and no sign of recovery
+    clock = Clock()
+    rules = AlertRules(escalation=Escalation(warn_after=timedelta(minutes=1), critical_after=timedelta(minutes=1)))
+    engine = AlertEngine(rules, clock=clock)
+    open_circuit = {"openai": "circuit open"}
+    assert engine.evaluate(failing(rate=1.0, requests=30)) == []
+    clock.advance(minutes=1)
+    assert [a.severity for a in engine.evaluate(failing(rate=1.0, requests=30))] == ["warning"]
+    clock.advance(minutes=1)
+    probes_only = Snapshot(providers={"openai": ProviderStats("openai", 2, 2)}, unhealthy=open_circuit)
+    [critical] = [a for a in engine.evaluate(probes_only) if a.rule == "provider_error_rate"]
+    assert critical.severity == "critical" and critical.status == "firing" and critical.value == 1.0
+    clock.advance(minutes=10)
+    no_calls = Snapshot(unhealthy=open_circuit)  # not even a probe in the window
+    assert [a for a in engine.evaluate(no_calls) if a.rule == "provider_error_rate"] == []
+    assert engine.firing["provider_error_rate:openai"] == "critical"
+    clock.advance(minutes=1)
+    recovered = Snapshot(providers={"openai": ProviderStats("openai", 2, 0)})  # circuit closed, few calls yet
+    [resolved] = [a for a in engine.evaluate(recovered) if a.rule == "provider_error_rate"]
+    assert resolved.status == "resolved"
+
+
+def test_few_calls_on_a_closed_circuit_still_clear_a_rate_alert() -> None:
+    clock = Clock()
+    rules = AlertRules(escalation=Escalation(warn_after=timedelta(0)))
+    engine = AlertEngine(rules, clock=clock)
+    assert [a.status for a in engine.evaluate(failing())] == ["firing"]
+    clock.advance(minutes=1)
+    quiet = Snapshot(providers={"openai": ProviderStats("openai", 3, 3)})  # under min_requests, circuit closed
+    assert [a.status for a in engine.evaluate(quiet)] == ["resolved"]
+    clock.advance(minutes=1)
+    # an open circuit with no calls invents no rate alert where there was none: only its health alert fires
+    assert {a.rule for a in engine.evaluate(Snapshot(unhealthy={"azure": "circuit open"}))} == {"provider_unhealthy"}

@@ -19,7 +19,7 @@ from schemas.usage import UsageEvent
 from streams.analytics.client import ClientReader, create_client
 from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
 from streams.analytics.migrate import RenderOptions, applied_versions, migrate
-from streams.analytics.reports import ReportRequest, render, report, run_report
+from streams.analytics.reports import ReportRequest, alert_history, render, report, run_report
 from streams.analytics.sink import UsageSink
 from streams.settings import ClickHouseSettings
 
@@ -243,6 +243,38 @@ def test_alerts_table_is_idempotent(store: tuple[ClickHouseSettings, Any]) -> No
     asyncio.run(sink.write_alerts([alert]))
     asyncio.run(sink.write_alerts([alert]))
     assert scalar(client, f"SELECT count() FROM {settings.database}.alerts FINAL") == 1
+
+
+def test_alert_history_lists_transitions_in_order_once(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    base = {
+        "alert_id": "provider_unhealthy:openai",
+        "rule": "provider_unhealthy",
+        "subject": "openai",
+        "value": 1.0,
+        "threshold": 0.0,
+        "message": "openai: failing health checks (circuit open)",
+        "started_at": NOW - timedelta(minutes=7),
+    }
+    fired = Alert(**base, severity="warning", status="firing", ts=NOW - timedelta(minutes=2))
+    escalated = Alert(**base, severity="critical", status="firing", ts=NOW - timedelta(minutes=1))
+    resolved = Alert(**base, severity="critical", status="resolved", ts=NOW)
+    old = Alert(
+        **{**base, "started_at": NOW - timedelta(days=2)},
+        severity="warning",
+        status="firing",
+        ts=NOW - timedelta(days=2),
+    )
+    sink = UsageSink(settings, client=client)
+    asyncio.run(sink.write_alerts([resolved, fired, old]))
+    asyncio.run(sink.write_alerts([escalated, fired]))  # re-delivery: stored once
+    rows = alert_history(ClientReader(client, owns_client=False), NOW - timedelta(hours=1), database=settings.database)
+    assert [(r["severity"], r["status"]) for r in rows] == [
+        ("warning", "firing"),
+        ("critical", "firing"),
+        ("critical", "resolved"),
+    ]
+    assert rows[0]["alert_id"] == "provider_unhealthy:openai" and rows[-1]["ts"].replace(tzinfo=UTC) == NOW
 
 
 def test_unreachable_server_raises_retryable_unavailable() -> None:
