@@ -83,8 +83,9 @@ def test_shipped_catalog_has_priced_providers_tiers_and_tenants() -> None:
         for m in spec.models:
             assert 0 <= m.quality <= 1 and m.context_window > 0 and m.capabilities
     assert catalog.tiers["free"] == TierSpec(
-        requests_per_day=100, quality_floor=0.5, providers=["local", "vllm", "ollama"]
+        requests_per_day=100, quality_floor=0.5, providers=["local", "vllm", "ollama"], cache_ttl_s=86_400.0
     )
+    assert catalog.tiers["enterprise"].cache_ttl_s == 900.0 and catalog.cache_ttl_of("acme", "pro") == 3600.0
     assert catalog.tiers["basic"].requests_per_day == 1000 and catalog.tiers["basic"].allows("openai")
     assert not catalog.tiers["basic"].allows("anthropic")
     assert catalog.tiers["pro"].requests_per_day == 10_000 and catalog.tiers["pro"].allows("anthropic")
