@@ -10,6 +10,7 @@ run: setup
 
 test: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/pytest -q -p no:cacheprovider
 
 lint: setup

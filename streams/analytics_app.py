@@ -153,7 +153,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
                 except Exception:  # noqa: BLE001 - the webhook gave up after its retries
                     log.warning("webhook delivery failed for %s", alert.alert_id)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(_app: Any, **_: Any) -> None:
         for ep in endpoint:
             await ep.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Iterator, MutableMapping
 from typing import Any
 
@@ -407,14 +408,14 @@ def build_app(settings: Settings) -> faust.App:
             board, bootstrap=bootstrap, topic=topics.health, lookback_s=settings.resilience.breaker_recovery_s
         )
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
         owned = {tp.partition for tp in assigned if tp.topic == topics.routed}
         resize_limits(limiters, catalog, settings.kafka.partitions, owned)
         if cache is not None:
             cache.index.reset()  # re-read from the store on first use: entries moved with their partitions
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close_providers(_app: Any, **_: Any) -> None:
         for p in providers.values():
             await p.aclose()
@@ -431,6 +432,6 @@ def _credentials(settings: Settings) -> Any:
             username=k.sasl_username,
             password=k.sasl_password.get_secret_value(),
             mechanism=k.sasl_mechanism,
-            ssl_context=faust.ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
+            ssl_context=ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
         )
-    return faust.SSLCredentials(faust.ssl.create_default_context())
+    return faust.SSLCredentials(ssl.create_default_context())

@@ -25,15 +25,17 @@ def answered_outbox(
     route = RouteInfo(provider=answer.provider, model=answer.model, reason=reason)
     if waiter.stream and waiter.kind == "chat":
         chunk_topic = topics.chunks_for(waiter.reply_topic)
-        common = {"request_id": waiter.request_id, "tenant": waiter.tenant, "provider": answer.provider}
-        chunks.append(
-            (
-                chunk_topic,
-                StreamChunk(seq=0, delta=answer.output or "", model=answer.model, **common),
-                waiter.request_id,
+        for seq, delta, final in ((0, answer.output or "", False), (1, "", True)):
+            chunk = StreamChunk(
+                request_id=waiter.request_id,
+                tenant=waiter.tenant,
+                seq=seq,
+                delta=delta,
+                final=final,
+                provider=answer.provider,
+                model=answer.model,
             )
-        )
-        chunks.append((chunk_topic, StreamChunk(seq=1, final=True, model=answer.model, **common), waiter.request_id))
+            chunks.append((chunk_topic, chunk, waiter.request_id))
     response = Response(
         request_id=waiter.request_id,
         tenant=waiter.tenant,
