@@ -12,6 +12,7 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/pytest -q -p no:cacheprovider
+	./scripts/audit.sh
 
 lint: setup
 	.venv/bin/ruff check .
