@@ -338,6 +338,9 @@ def _mount_subcommands() -> None:
     bench_app.command("infer", help="Local ONNX inference: sentences/s and latency by batch size.")(infer_bench)
     bench_app.command("analytics", help="ClickHouse ingest rate and report query time.")(analytics_bench)
     from streams.cache.cli import bench as cache_bench
+    from streams.soak_cli import soak
+
+    app.command("soak", help="A steady rate for a long while: memory (RSS) and latency by minute.")(soak)
 
     bench_app.command("cache", help="Dedup and caching: provider calls vs distinct requests, hit vs miss latency.")(
         cache_bench

@@ -158,6 +158,12 @@ class Stack:
         self.children.remove(child)
         return code
 
+    def broker_pid(self) -> int | None:
+        """The embedded broker's pid when this stack started it (None for an external cluster)."""
+        if not self.started_broker:
+            return None
+        return broker.read_pid(broker.from_settings(self.settings))
+
     def worker_children(self) -> list[_Child]:
         return [c for c in self.children if c.name.startswith("worker-")]
 
