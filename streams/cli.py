@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -212,6 +213,7 @@ def bench(
         Path | None, typer.Option(help="Provider catalog for the workers (default: the bench catalog, no rate limits).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 60.0,
+    analytics: Annotated[bool, typer.Option(help="Also run the analytics process (usage sink, alerts).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Drive requests through the real pipeline against the emulator; print throughput and latency."""
@@ -229,7 +231,13 @@ def bench(
     stack = (
         None
         if attach
-        else Stack(s, workers=workers, emulator_latency_ms=latency_ms, config_file=catalog or BENCH_CONFIG_FILE)
+        else Stack(
+            s,
+            workers=workers,
+            analytics=analytics,
+            emulator_latency_ms=latency_ms,
+            config_file=catalog or BENCH_CONFIG_FILE,
+        )
     )
     try:
         if stack is not None:
@@ -284,6 +292,62 @@ def bench(
     for key in ("latency_ms", "overhead_ms"):
         p = getattr(result, key)
         table.add_row(key, f"p50 {p.p50:.1f} · p95 {p.p95:.1f} · p99 {p.p99:.1f}")
+    out.print(table)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    workers: Annotated[str, typer.Option(help="Comma-separated worker counts.")] = "1,2,4",
+    requests: Annotated[int, typer.Option(help="Requests per worker count.")] = 5000,
+    concurrency: Annotated[int, typer.Option(help="Requests outstanding at once.")] = 200,
+    latency_ms: Annotated[float, typer.Option(help="Emulator latency per call.")] = 0.0,
+    analytics: Annotated[bool, typer.Option(help="Also run the analytics process (usage sink, alerts).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The same load at several worker counts in one run: throughput, latency, CPU per request."""
+    import json
+
+    from streams.bench_scale import run_scale
+
+    counts = [int(x) for x in workers.split(",") if x.strip()]
+    with err.status("scale bench...") as status:
+        rows = run_scale(
+            counts,
+            requests=requests,
+            concurrency=concurrency,
+            latency_ms=latency_ms,
+            analytics=analytics,
+            say=status.update,
+        )
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in rows]))
+        return
+    kinds = sorted({k for r in rows for k in r.cpu_s_per_1000})
+    table = Table(title=f"scale-out: {requests} requests at concurrency {concurrency}, {os.cpu_count()} CPUs")
+    for col in (
+        "workers",
+        "partitions",
+        "ok",
+        "lost",
+        "dup",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        *[f"{k} cpu s/1k" for k in kinds],
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r.workers),
+            str(r.partitions),
+            str(r.ok),
+            str(r.lost),
+            str(r.duplicates),
+            f"{r.throughput_rps:.0f}",
+            f"{r.latency_ms.p50:.0f}",
+            f"{r.latency_ms.p99:.0f}",
+            *[f"{r.cpu_s_per_1000.get(k, 0):.2f}" for k in kinds],
+        )
     out.print(table)
 
 

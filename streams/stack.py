@@ -158,6 +158,22 @@ class Stack:
         self.children.remove(child)
         return code
 
+    def wait_group(self, members: int, timeout_s: float = 120.0) -> float:
+        """Wait until the pipeline's consumer group is stable with ``members`` workers (after adding some)."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        group = f"{self.settings.worker.app_id}-{self.settings.kafka.topic_prefix}"
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            self.check_alive()
+            described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+            if described.state == ConsumerGroupState.STABLE and len(described.members) == members:
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise AifleetError(f"consumer group {group} did not settle with {members} members in {timeout_s:.0f}s")
+
     def broker_pid(self) -> int | None:
         """The embedded broker's pid when this stack started it (None for an external cluster)."""
         if not self.started_broker:
