@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from schemas.base import Event
 from schemas.cache import CachePurge
 from schemas.dead_letter import DeadLetterReason
+from schemas.errors import ErrorInfo, ErrorReason
+from schemas.response import Response
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams import faust_tuning
@@ -25,7 +27,7 @@ from streams.cache.semantic import SemanticIndex
 from streams.cache.stage import CacheStage
 from streams.cache.store import CacheStore, TableCacheStore
 from streams.catalog import Catalog, cached_catalog
-from streams.codec import dead_letter
+from streams.codec import dead_letter, reply_ids
 from streams.errors import ConfigError, InvalidRecord
 from streams.health_feed import HealthPublisher, follow_health
 from streams.providers.base import Provider
@@ -327,7 +329,18 @@ def build_app(settings: Settings) -> faust.App:
             offset=message.offset,
             max_payload=settings.worker.dlq_max_payload_bytes,
         )
-        await publish_all(publisher, [(topics.dlq, letter, None)])
+        items: list[Any] = [(topics.dlq, letter, None)]
+        ids = reply_ids(event.value)
+        request_id, tenant = ids.get("request_id"), ids.get("tenant")
+        if request_id:
+            reply = ids.get("reply_topic")
+            if not (tenant and reply and topics.reply_allowed(tenant, reply)):
+                reply = topics.responses
+            info = ErrorInfo(reason=ErrorReason.INTERNAL, message=f"processing failed: {type(exc).__name__}")
+            items.append(
+                (reply, Response(request_id=request_id, tenant=tenant, status="error", error=info), request_id)
+            )
+        await publish_all(publisher, items)
 
     @app.agent(raw_topic(topics.requests), name="gate")
     async def gate_agent(stream: Any) -> None:

@@ -26,6 +26,19 @@ def peek_ids(doc: Any) -> dict[str, str | None]:
     return out
 
 
+def reply_ids(raw: bytes | None) -> dict[str, str | None]:
+    """request_id, tenant and reply_topic of a request record or of a routed one (``{"request": ...}``)."""
+    try:
+        doc = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return {}
+    if isinstance(doc, dict) and isinstance(doc.get("request"), dict):
+        ids = peek_ids(doc["request"])
+        routed_reply = peek_ids(doc).get("reply_topic")
+        return {**ids, "reply_topic": routed_reply or ids.get("reply_topic")}
+    return peek_ids(doc)
+
+
 def _first_errors(exc: ValidationError, n: int = 5) -> str:
     parts = []
     for err in exc.errors()[:n]:

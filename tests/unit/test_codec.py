@@ -54,3 +54,14 @@ def test_dead_letter_keeps_the_original_bytes_and_truncates_huge_ones() -> None:
     assert (letter.partition, letter.offset, letter.source_topic) == (2, 41, "t.requests")
     full = dead_letter(InvalidJson("x"), raw, topic="t", partition=0, offset=0, max_payload=10_000)
     assert base64.b64decode(full.payload_b64) == raw and not full.payload_truncated
+
+
+def test_reply_ids_reads_requests_and_routed_records_and_ignores_garbage() -> None:
+    from streams.codec import reply_ids
+
+    assert reply_ids(b'{"request_id": "r1", "tenant": "acme"}')["request_id"] == "r1"
+    routed = b'{"request": {"request_id": "r2", "tenant": "acme"}, "reply_topic": "aifleet.responses.acme"}'
+    assert reply_ids(routed) == {"request_id": "r2", "tenant": "acme", "reply_topic": "aifleet.responses.acme"}
+    assert reply_ids(b"\xff not json") == {}
+    assert reply_ids(None) == {}
+    assert reply_ids(b"[1, 2]") == {}
