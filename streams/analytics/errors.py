@@ -62,7 +62,12 @@ class RebuildError(AnalyticsError):
 
 
 class ConsumerGroupActive(RebuildError):
-    """The group still has members (an analytics process runs): offsets can only move while it is empty."""
+    """The group still has members (an analytics process runs): offsets can only move while it is empty.
+
+    Retryable: it succeeds once the analytics process is stopped (a killed one leaves after its session timeout).
+    """
+
+    retryable = True
 
 
 class WebhookDeliveryFailed(AnalyticsError):

@@ -214,3 +214,15 @@ def test_rebuild_moves_the_analytics_apps_own_group() -> None:
 
     settings = Settings(kafka_bootstrap="127.0.0.1:1", worker={"app_id": "fleet"}, kafka={"topic_prefix": "eu"})
     assert analytics_group_id(settings) == build_analytics_app(settings).conf.id == "fleet-analytics-eu"
+
+
+def test_rebuild_while_the_sink_runs_says_to_stop_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.analytics import rebuild as rb
+    from streams.analytics.errors import ConsumerGroupActive
+
+    def active(*_: Any, **__: Any) -> Any:
+        raise ConsumerGroupActive("consumer group g has 1 active member(s): stop the analytics process first")
+
+    monkeypatch.setattr(rb, "rebuild", active)
+    result = runner.invoke(app, ["rebuild", "--from-earliest"])
+    assert result.exit_code == 75 and "stop the analytics process first" in result.output  # retry once it is stopped
