@@ -148,6 +148,11 @@ class ClickHouseSettings(_Section):
     data_path: Path | None = None
     cluster: str | None = None
     store_prompts: bool = False
+    backup_path: Path | None = Field(
+        default=None,
+        description="chDB: where `analytics backup` writes and the only place BACKUP/RESTORE may touch "
+        "(the engine's backups.allowed_path; default <home>/backups). A server needs its own backups.allowed_path.",
+    )
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,4 @@
-"""``aifleet analytics ...``: migrate, report, seed, bench. The typer app is ``app``."""
+"""``aifleet analytics ...``: migrate, report, seed, bench, backup, restore, rebuild. The typer app is ``app``."""
 
 from __future__ import annotations
 
@@ -176,3 +176,108 @@ def bench(
     for key, value in result.as_dict().items():
         table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
     Console().print(table)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} GiB"
+
+
+@app.command()
+def backup(
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            help="Backup directory, new (chDB: under backup_path, relative to it; default <backup_path>/<UTC time>)",
+        ),
+    ] = None,
+) -> None:
+    """BACKUP DATABASE to a directory (chDB: stop the analytics process first; a server: its allowed path)."""
+    from streams.analytics import backup as b
+
+    settings = _settings()
+    ch = settings.clickhouse
+    try:
+        if ch.backend == "chdb":
+            dest: str | Path = b.check_local_location(
+                ch, to or b.default_destination(ch, settings.home), home=settings.home
+            )
+        else:
+            dest = str(to) if to is not None else b.default_destination(ch, settings.home).name
+        client = b.open_store(ch, home=settings.home)
+        try:
+            result = b.backup(client, ch.database, dest, cluster=ch.cluster)
+        finally:
+            client.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"backed up database {result.database} to {result.location}: {result.files} files, "
+        f"{_size(result.size_bytes)} in {result.seconds:.2f}s (backup id {result.id})"
+    )
+
+
+@app.command()
+def restore(
+    src: Annotated[
+        Path, typer.Option("--from", help="A directory `analytics backup` wrote (relative: under backup_path)")
+    ],
+    replace: Annotated[bool, typer.Option("--replace", help="Drop the existing database first")] = False,
+) -> None:
+    """RESTORE DATABASE from a backup directory (chDB: stop the analytics process first)."""
+    from streams.analytics import backup as b
+
+    settings = _settings()
+    ch = settings.clickhouse
+    try:
+        location: str | Path = b.check_local_location(ch, src, home=settings.home) if ch.backend == "chdb" else str(src)
+        client = b.open_store(ch, home=settings.home)
+        try:
+            result = b.restore(client, ch.database, location, replace=replace, cluster=ch.cluster)
+        finally:
+            client.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    what = "replaced" if result.replaced else "restored"
+    typer.echo(
+        f"{what} database {result.database} from {result.location}: {result.tables} tables in {result.seconds:.2f}s; "
+        "start the analytics process to catch up from the usage topic"
+    )
+
+
+@app.command()
+def rebuild(
+    since: Annotated[
+        str | None, typer.Option(help="Replay usage from this time (ISO date/time, UTC when naive; or 2h, 1d)")
+    ] = None,
+    from_earliest: Annotated[
+        bool, typer.Option("--from-earliest", help="Replay everything the usage topic retains")
+    ] = False,
+) -> None:
+    """Rewind the analytics process's consumer group on the usage topic (stop the analytics process first)."""
+    from streams.analytics import rebuild as rb
+    from streams.analytics.reports import parse_since
+
+    if (since is None) == (not from_earliest):
+        typer.echo("error: give exactly one of --since and --from-earliest", err=True)
+        raise typer.Exit(code=2)
+    settings = _settings()
+    try:
+        at = parse_since(since) if since is not None else None
+        result = rb.rebuild(settings, since=at)
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    for p in result.partitions:
+        was = "nothing committed" if p.previous is None else f"was {p.previous}"
+        typer.echo(f"  {result.topic}[{p.partition}]: offset {p.offset} ({was}; end {p.end})")
+    origin = "the earliest retained event" if result.since is None else result.since.isoformat()
+    typer.echo(
+        f"reset group {result.group} on {result.topic} to {origin} in {result.seconds:.2f}s: "
+        f"{result.to_replay:,} usage events to replay; start the analytics process "
+        "(stored event ids are skipped, so the overlap is not counted twice)"
+    )

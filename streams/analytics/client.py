@@ -65,6 +65,17 @@ def resolve_data_path(settings: ClickHouseSettings, home: Path | None = None) ->
     return home / "clickhouse"
 
 
+def resolve_backup_path(settings: ClickHouseSettings, home: Path | None = None) -> Path:
+    """Where chDB backups go, and the only directory BACKUP/RESTORE may use: ``backup_path`` or ``<home>/backups``."""
+    if settings.backup_path is not None:
+        return settings.backup_path
+    if home is None:
+        from streams.settings import DEFAULT_HOME
+
+        home = DEFAULT_HOME
+    return home / "backups"
+
+
 def translate_error(exc: BaseException, action: str) -> AnalyticsError:
     """Map a clickhouse-connect (or transport) exception to the analytics error tree."""
     if isinstance(exc, AnalyticsError):
@@ -99,7 +110,12 @@ def create_client(settings: ClickHouseSettings, *, home: Path | None = None, dat
         if settings.backend == "chdb":
             path = data_path or resolve_data_path(settings, home)
             path.mkdir(parents=True, exist_ok=True)
-            return clickhouse_connect.get_client(interface="chdb", path=str(path))
+            # the engine takes backups.allowed_path at open only: every process opens it the same way,
+            # so `analytics backup` / `restore` work in whichever process owns the store
+            backups = resolve_backup_path(settings, home).resolve()
+            return clickhouse_connect.get_client(
+                interface="chdb", path=str(path), chdb_options={"backups.allowed_path": str(backups)}
+            )
         parsed = urlparse(settings.url)
         secure = parsed.scheme == "https"
         return clickhouse_connect.get_client(

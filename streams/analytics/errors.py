@@ -37,6 +37,39 @@ class EmbeddedStoreLocked(AnalyticsUnavailable):
     """The chDB data path is owned by another process and no query endpoint for it was found."""
 
 
+class BackupError(AnalyticsError):
+    """A backup or restore could not be done as asked; the message says what to change."""
+
+
+class BackupExists(BackupError):
+    """The backup destination already exists (backups are never overwritten)."""
+
+
+class BackupNotFound(BackupError):
+    """There is no backup at the given source."""
+
+
+class BackupPathNotAllowed(BackupError):
+    """The destination or source is outside the store's ``backups.allowed_path``."""
+
+
+class RestoreTargetExists(BackupError):
+    """The database to restore already exists and ``replace`` was not asked for."""
+
+
+class RebuildError(AnalyticsError):
+    """The usage sink's consumer group offsets could not be reset."""
+
+
+class ConsumerGroupActive(RebuildError):
+    """The group still has members (an analytics process runs): offsets can only move while it is empty.
+
+    Retryable: it succeeds once the analytics process is stopped (a killed one leaves after its session timeout).
+    """
+
+    retryable = True
+
+
 class WebhookDeliveryFailed(AnalyticsError):
     """A webhook could not be delivered after all retries."""
 
