@@ -106,13 +106,15 @@ def apply() -> None:
     async def perform_seek(self: Any) -> None:
         committed = {fc.ensure_TP(tp): off for tp, off in (await self.seek_to_committed()).items()}
         known = {tp: off for tp, off in committed.items() if off is not None and off >= 0}
-        unknown = [tp for tp in committed if tp not in known]
+        # Stream partitions only: table changelogs are read (standbys) from where recovery put them.
+        streams = [tp for tp in committed if not self._is_changelog_tp(tp)]
+        unknown = [tp for tp in streams if tp not in known]
         if unknown and self.app.conf.consumer_auto_offset_reset == "earliest":
             earliest = await self.earliest_offsets(*unknown)
             known.update({fc.ensure_TP(tp): off for tp, off in earliest.items() if off is not None and off >= 0})
         # aiokafka's seek_to_committed leaves a partition whose committed offset is 0 or missing where
         # its fetch position is, which may be past records getmany discarded: seek those too.
-        unsought = {tp: off for tp, off in known.items() if not committed.get(tp)}
+        unsought = {tp: known[tp] for tp in streams if tp in known and not committed[tp]}
         if unsought:
             await self.seek_wait(unsought)
         self._read_offset.update({tp: known.get(tp) for tp in committed})

@@ -77,6 +77,9 @@ class FakeConsumer:
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         self.sought.update(partitions)
 
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return tp.topic.endswith("-changelog")
+
     # the app's revoke callback: drains in-flight records and commits
     async def _on_partitions_revoked(self, revoked: set[TP]) -> None:
         tp = next(iter(revoked))
@@ -173,6 +176,14 @@ def test_perform_seek_uses_the_log_start_where_the_group_never_committed() -> No
     asyncio.run(Consumer.perform_seek(c))  # type: ignore[arg-type]
     assert c._committed_offset[tp] == 1200
     assert c.sought == {tp: 1200}
+
+
+def test_perform_seek_leaves_table_changelogs_where_recovery_put_them() -> None:
+    changelog = TP("app-quota-changelog", 0)
+    c = FakeConsumer(committed={changelog: None}, earliest={changelog: 0})
+    asyncio.run(Consumer.perform_seek(c))  # type: ignore[arg-type]
+    assert c.sought == {}
+    assert c._committed_offset[changelog] is None
 
 
 def test_a_revoke_commits_with_the_acks_before_it_forgets_them() -> None:
