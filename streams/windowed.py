@@ -5,7 +5,9 @@ Faust's agent ``concurrency`` > 1 can commit an offset past a record still being
 automatic acks off, runs each record in a task (at most ``max_in_flight`` at once), and acks the
 record only after its handler finished and everything it produced was acknowledged by the broker.
 Faust commits the highest *contiguous* acked offset per partition, so a record still in flight
-holds the committed offset back and a successor worker resumes from it.
+holds the committed offset back and a successor worker resumes from it. For the stream's topics
+``streams.faust_acks`` makes that hold around rebalances too (faust alone could commit past a record
+no handler saw).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from streams import faust_acks
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ async def process_windowed(
     on_crash: Callable[[Any, BaseException], Awaitable[None]] | None = None,
 ) -> None:
     """Run ``handler(event)`` for every event of a faust stream, acking each one when it is done."""
+    faust_acks.apply()
+    faust_acks.register(getattr(getattr(stream, "channel", None), "topics", ()))
     slots = asyncio.Semaphore(max_in_flight)
     tasks: set[asyncio.Task[None]] = set()
 
