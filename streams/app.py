@@ -394,18 +394,29 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(topics.usage), name="settle")
     async def settle_agent(stream: Any) -> None:
         """Charge each tenant what its calls really cost (usage is keyed by tenant, like the quota table)."""
-        async for raw in stream:
-            usage = _usage_or_none(raw)
+
+        async def handle(event: Any) -> None:
+            usage = _usage_or_none(event.value)
             if usage is not None:
                 ledger.settle_usage(usage)
+
+        # one at a time, in order; acked and committed by the same rules as the request path
+        await process_windowed(stream, handle, max_in_flight=1)
 
     if cache is not None:
 
         @app.agent(raw_topic(topics.cache), name="cache")
         async def cache_agent(stream: Any) -> None:
-            """Fills (answers of leading requests, released to their waiters), purges and sweeps, in order."""
-            async for event in stream.events():
+            """Fills (answers of leading requests, released to their waiters), purges and sweeps, in order.
+
+            One at a time, so a purge never overtakes a fill sent before it; a record is acked once the
+            answers it released are on the broker.
+            """
+
+            async def handle(event: Any) -> None:
                 await cache.handle(event.value, partition=event.message.partition)
+
+            await process_windowed(stream, handle, max_in_flight=1)
 
         @app.timer(interval=settings.cache.sweep_every_s)
         async def sweep_cache() -> None:
