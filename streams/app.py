@@ -221,7 +221,7 @@ def worker_id() -> str:
 
 def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
     """A Faust app on the deployment's cluster with aifleet's transport settings (both apps share them)."""
-    faust_tuning.apply()
+    faust_tuning.apply(settings.worker.fetch_max_wait_ms, settings.worker.fetch_min_bytes)
     bootstrap = settings.kafka_servers
     conf: dict[str, Any] = {
         "broker": [f"kafka://{h}" for h in bootstrap.split(",")],

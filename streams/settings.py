@@ -58,6 +58,10 @@ class WorkerSettings(_Section):
     session_timeout_s: float = Field(default=30.0, gt=0, description="A dead worker's partitions move after this.")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     producer_linger_ms: int = 2
+    fetch_max_wait_ms: int = Field(default=20, ge=0, description="Longest a consumer fetch waits at the broker.")
+    fetch_min_bytes: int = Field(
+        default=1, ge=1, description="Bytes a fetch waits for (up to fetch_max_wait_ms): >1 trades latency for CPU."
+    )
     web_port: int | None = Field(default=None, description="Faust web port; None disables the web server.")
     table_store: str = Field(default="memory://", description="Faust table store: memory:// or rocksdb://.")
 
