@@ -657,6 +657,7 @@ async def broker_restart(d: Deployment) -> ChaosResult:
             result.measurements["broker_down_s"] = round(up - marks["down"], 3)
             result.measurements["outstanding_at_stop"] = len(stalled)
             result.measurements["up_to_all_stalled_answered_s"] = round(last - up, 3)
+            result.measurements["longest_answer_gap_s"] = round(traffic.longest_gap(marks["stop"]), 3)
             result.measurements["answered_while_stopping"] = sum(
                 1 for a in traffic.answered_at.values() if marks["stop"] <= a < marks["down"]
             )
@@ -667,6 +668,9 @@ async def broker_restart(d: Deployment) -> ChaosResult:
             result.measurements["broker_start_attempts"] = started.attempts
             for why in started.failures:
                 result.notes.append(f"a broker start failed ({why}); started it again")
+        hazard = self_connect_hazard(d.broker.port)
+        if hazard and (failed or any(started.failures for started in restart)):
+            result.notes.append(hazard)
         result.checks["broker_restarted"] = "up" in marks
         await finish(d, traffic, result)
     return result
@@ -1130,6 +1134,30 @@ def run_scenario(
             stack.stop()
 
 
+def ephemeral_port_range() -> tuple[int, int] | None:
+    """The kernel's range of ports for outgoing connections (Linux), if it can be read."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
+def self_connect_hazard(port: int) -> str | None:
+    """Why a broker on ``port`` may fail to come back on loopback, or None.
+
+    A client reconnecting to 127.0.0.1:<port> while the broker is down is given an ephemeral source port;
+    when that port is <port> itself, the connection connects to itself. Closed, it leaves a TIME_WAIT on
+    127.0.0.1:<port> for a minute, and the restarted broker cannot bind ("Address already in use")."""
+    span = ephemeral_port_range()
+    if span is None or not span[0] <= port <= span[1]:
+        return None
+    return (
+        f"port {port} lies in the ephemeral port range {span[0]}-{span[1]}: a client reconnecting while the "
+        "broker is down can connect to itself on it and keep the restarted broker from binding"
+    )
+
+
 def run_suite(
     options: ChaosOptions, settings: Settings, *, say: Callable[[str], None] = lambda _m: None
 ) -> ChaosReport:
@@ -1145,6 +1173,9 @@ def run_suite(
         )
     tenants = chaos_tenants(settings.kafka.partitions)
     (root / "catalog.toml").write_text(catalog_toml(tenants))
+    hazard = self_connect_hazard(cfg.port)
+    if hazard:
+        say(f"warning: {hazard} (see docs/operations.md, 'Fault suite')")
     say(f"starting the suite's broker on {cfg.bootstrap} (data in {cfg.data_dir})")
     start_broker(cfg)
     results: list[ChaosResult] = []
