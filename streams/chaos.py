@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,8 +87,8 @@ class ChaosOptions(BaseModel):
     clickhouse_pause_s: float = Field(default=30.0, ge=0, description="How long the analytics process is stopped.")
     provider_mode: Literal["errors", "timeouts"] = "errors"
     malformed: int | None = Field(default=None, ge=0, description="Malformed records (default: requests / 4).")
-    request_timeout_s: float = Field(default=180.0, gt=0, description="Longest a client waits for one answer.")
-    scenario_timeout_s: float = Field(default=900.0, gt=0, description="Bound on one scenario, start to stop.")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest a client waits for one answer.")
+    scenario_timeout_s: float = Field(default=420.0, gt=0, description="Bound on one scenario, start to stop.")
     catch_up_timeout_s: float = Field(default=180.0, gt=0, description="Bound on waiting for the DLQ or report.")
     breaker_recovery_s: float = Field(default=5.0, gt=0, description="Breakers probe a provider again after this.")
     settle_s: float = Field(default=3.0, ge=0, description="Wait for late duplicates after the last answer.")
@@ -272,6 +272,10 @@ def _reap_when_it_exits(pid: int) -> None:
         _reapers[pid].start()
 
 
+def _why(outcome: BrokerStart, exc: BaseException) -> str:
+    return "; ".join(dict.fromkeys(outcome.failures)) or str(exc).splitlines()[0]
+
+
 def start_broker(cfg: broker.BrokerConfig, *, timeout_s: float = 120.0, attempts: int = 5) -> BrokerStart:
     """``broker.start``, started again when the broker exits during start-up (a failure is recorded with
     its cause; the usual one on loopback is the port taken at bind time, see ``docs/operations.md``)."""
@@ -285,7 +289,7 @@ def start_broker(cfg: broker.BrokerConfig, *, timeout_s: float = 120.0, attempts
             if pid is not None:
                 _reap_when_it_exits(pid)
             if time.monotonic() > deadline:
-                raise
+                raise BrokerError(f"the broker did not start within {timeout_s:.0f}s: {_why(outcome, exc)}") from exc
             time.sleep(0.2)
             if broker.read_pid(cfg) is not None:
                 continue  # alive and still starting: wait on
@@ -294,7 +298,7 @@ def start_broker(cfg: broker.BrokerConfig, *, timeout_s: float = 120.0, attempts
             outcome.failures.append(why)
             cfg.pid_file.unlink(missing_ok=True)
             if outcome.attempts >= attempts:
-                raise
+                raise BrokerError(f"the broker exited during start-up {attempts} times: {_why(outcome, exc)}") from exc
             outcome.attempts += 1
             time.sleep(1.0)
         else:
@@ -348,9 +352,22 @@ class Deployment:
         assert self.stack.emulator_url
         return self.stack.emulator_url
 
-    def client(self) -> AifleetClient:
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[AifleetClient]:
+        """A started client, stopped afterwards within a bound. With its broker gone, stopping an aiokafka
+        consumer can take long or end in a stray CancelledError; neither may cost the scenario its result."""
         s = self.settings
-        return AifleetClient(self.bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions)
+        client = AifleetClient(self.bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions)
+        await client.start()
+        try:
+            yield client
+        finally:
+            stopping = asyncio.create_task(client.stop())
+            await asyncio.wait({stopping}, timeout=30.0)
+            if stopping.done() and not stopping.cancelled():
+                stopping.exception()  # retrieved: a failed stop is not the scenario's failure
+            else:
+                stopping.cancel()
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         """The process of one of the stack's children (``analytics``, ``worker-0``, ...)."""
@@ -539,7 +556,11 @@ async def finish(
     Returns the raw number of responses per request."""
     await asyncio.sleep(d.options.settle_s)  # late duplicates would arrive now
     result.duplicate_responses = traffic.client.duplicates
-    counts, statuses = await response_counts(d, traffic.sent_at)
+    try:
+        counts, statuses = await asyncio.wait_for(response_counts(d, traffic.sent_at), 90)
+    except Exception as exc:  # noqa: BLE001 - e.g. the broker is gone: report what the client saw
+        counts, statuses = Counter(), {}
+        result.notes.append(f"could not read the responses topic back: {type(exc).__name__}")
     ours = list(counts)
     result.measurements["raw_responses"] = sum(counts[rid] for rid in ours)
     result.measurements["raw_duplicate_responses"] = sum(counts[rid] - 1 for rid in ours if counts[rid] > 1)
@@ -634,17 +655,24 @@ async def broker_restart(d: Deployment) -> ChaosResult:
             try:
                 started = await asyncio.to_thread(start_broker, d.broker)
             except BrokerError as exc:  # the run goes on and reports what the clients saw
-                failed.append(f"the broker did not come back: {exc}")
+                failed.append(f"the broker did not come back: {str(exc).splitlines()[0]}")
                 return
             marks["up"] = time.monotonic()
             restart.append(started)
 
         task = asyncio.create_task(fault())
-        await traffic.run(n, d.options.concurrency)
-        if "stop" in marks:
-            await task  # the broker must be back before anything else happens
+        load = asyncio.create_task(traffic.run(n, d.options.concurrency))
+        await asyncio.wait({task, load}, return_when=asyncio.FIRST_COMPLETED)
+        if failed:  # the broker is not coming back: what is unanswered now stays so
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
         else:
-            task.cancel()
+            await load
+            if "stop" in marks:
+                await task  # the broker must be back before anything else happens
+            else:
+                task.cancel()
         result = traffic.result("broker_restart")
         result.recovery = "broker answering again -> first answer"
         if "up" in marks:
@@ -661,7 +689,7 @@ async def broker_restart(d: Deployment) -> ChaosResult:
             result.measurements["answered_while_stopping"] = sum(
                 1 for a in traffic.answered_at.values() if marks["stop"] <= a < marks["down"]
             )
-        else:
+        elif "stop" not in marks:
             result.notes.append("the restart never happened")
         result.notes.extend(failed)
         for started in restart:
@@ -1123,6 +1151,10 @@ def run_scenario(
                 result = d.traffic.result(name) if d.traffic is not None else ChaosResult(scenario=name)
                 result.notes.append(f"cut short after {options.scenario_timeout_s:.0f}s")
                 result.checks["finished_in_time"] = False
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a scenario's failure is its result
+                result = d.traffic.result(name) if d.traffic is not None else ChaosResult(scenario=name)
+                result.notes.append(f"the scenario failed: {type(exc).__name__}: {exc}"[:2000])
+                result.checks["ran"] = False
             result.measurements["deployment_s"] = round(time.monotonic() - started, 1)
             if settled is None:
                 result.notes.append("the consumer groups were not stable before traffic started")
@@ -1180,7 +1212,17 @@ def run_suite(
     start_broker(cfg)
     results: list[ChaosResult] = []
     try:
-        for name in options.scenarios:
+        for i, name in enumerate(options.scenarios):
+            if not broker.answers_metadata(cfg.bootstrap):
+                say("a scenario left the broker down: starting it again")
+                try:  # nothing reconnects to it any more, so a port held by a client goes free within a minute
+                    start_broker(cfg, timeout_s=240.0, attempts=15)
+                except BrokerError as exc:
+                    why = f"not run: the suite's broker could not be started again ({str(exc).splitlines()[0]})"
+                    results += [
+                        ChaosResult(scenario=n, checks={"ran": False}, notes=[why]) for n in options.scenarios[i:]
+                    ]
+                    break
             say(f"scenario {name}: {options.requests} requests")
             result = run_scenario(name, settings, cfg, root, tenants, options)
             say(
@@ -1188,9 +1230,6 @@ def run_suite(
                 f"recovery {result.recovery_s}s"
             )
             results.append(result)
-            if not broker.answers_metadata(cfg.bootstrap):
-                say("a scenario left the broker down: starting it again")
-                start_broker(cfg)
     finally:
         broker.stop(cfg)
     return ChaosReport(options=options, results=results, elapsed_s=round(time.monotonic() - started, 1))

@@ -57,7 +57,7 @@ def chaos(
     clickhouse_pause: Annotated[float, typer.Option(help="Seconds the analytics process (chDB) is stopped.")] = 30.0,
     provider_mode: Annotated[str, typer.Option(help="How the primary is away: errors (503) or timeouts.")] = "errors",
     malformed: Annotated[int | None, typer.Option(help="Malformed records in the flood (default requests/4).")] = None,
-    scenario_timeout: Annotated[float, typer.Option(help="Bound on each scenario, in seconds.")] = 900.0,
+    scenario_timeout: Annotated[float, typer.Option(help="Bound on each scenario, in seconds.")] = 420.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Inject faults into a real deployment on loopback; print sent, answered, lost, duplicates and recovery.
