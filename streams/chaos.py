@@ -1108,6 +1108,25 @@ def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 
     return None
 
 
+async def probe_partitions(d: Deployment, timeout_s: float = 60.0) -> float:
+    """One request per tenant, so every requests partition is answered once before any fault: a worker that
+    never became ready (stuck restoring a table, say) is the deployment's failure, not the fault's."""
+    started = time.monotonic()
+    async with d.client() as client:
+        probes = {t: client.build(f"readiness probe for {t}", tenant=t) for t in d.tenants}
+        outcomes = await asyncio.gather(
+            *(client.request(r, timeout=timeout_s) for r in probes.values()), return_exceptions=True
+        )
+    stalled = [t for t, o in zip(probes, outcomes, strict=True) if isinstance(o, BaseException)]
+    if stalled:
+        parts = sorted({(murmur2(t.encode()) & 0x7FFFFFFF) % d.settings.kafka.partitions for t in stalled})
+        raise AifleetError(
+            f"not ready before any fault: requests partition(s) {parts} went unanswered for {timeout_s:.0f}s "
+            "(see the worker logs, e.g. a table recovery that never finishes)"
+        )
+    return round(time.monotonic() - started, 3)
+
+
 def run_scenario(
     name: ScenarioName,
     settings: Settings,
@@ -1142,8 +1161,9 @@ def run_scenario(
             settled = wait_for_group(cfg.bootstrap, group, options.workers)
             if stack.analytics:
                 settled = settled and wait_for_group(cfg.bootstrap, f"{s.worker.app_id}-analytics-{prefix}", 1)
-            emulator_reset(stack.emulator_url)
             d = Deployment(stack=stack, settings=s, broker=cfg, tenants=tenants, options=options, run_id=run_id)
+            ready_s = asyncio.run(probe_partitions(d))
+            emulator_reset(stack.emulator_url)
             remaining = max(1.0, options.scenario_timeout_s - (time.monotonic() - started))
             try:
                 result = asyncio.run(asyncio.wait_for(SCENARIO_FUNCTIONS[name](d), remaining))
@@ -1156,6 +1176,7 @@ def run_scenario(
                 result.notes.append(f"the scenario failed: {type(exc).__name__}: {exc}"[:2000])
                 result.checks["ran"] = False
             result.measurements["deployment_s"] = round(time.monotonic() - started, 1)
+            result.measurements["probes_answered_in_s"] = ready_s
             if settled is None:
                 result.notes.append("the consumer groups were not stable before traffic started")
             result.notes.append(f"logs: {stack.logs}")
