@@ -413,6 +413,7 @@ def _mount_subcommands() -> None:
         ("streams.routing.cli", "simulate", "Deterministic simulations (routing)."),
         ("streams.ops.cli", "scale", "Scaling advice from consumer lag, CPU and latency."),
         ("streams.cache.cli", "cache", "The response cache: purge, semantic-threshold evaluation."),
+        ("streams.chaos_cli", "chaos", "Fault suite: kill -9, broker restart, ClickHouse away, provider away, junk."),
     ):
         try:
             sub = __import__(module, fromlist=["app"]).app
