@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from schemas.request import Message, Request
 from schemas.response import Response
-from streams.client import AifleetClient, ClientTimeout
+from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 
 
 class Percentiles(BaseModel):
@@ -90,7 +90,7 @@ async def run_load(
             t0 = time.perf_counter()
             try:
                 resp = await client.request(req, timeout=timeout_s)
-            except ClientTimeout:
+            except (ClientTimeout, ClientDeliveryError):  # never answered, or never produced
                 lost += 1
             else:
                 ms = (time.perf_counter() - t0) * 1000

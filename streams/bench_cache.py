@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from schemas.request import Message, Request
 from schemas.response import Response
 from streams.bench import Percentiles
-from streams.client import AifleetClient, ClientTimeout
+from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ async def run_cache_load(
         t0 = time.perf_counter()
         try:
             resp = await client.request(req, timeout=timeout_s)
-        except ClientTimeout:
+        except (ClientTimeout, ClientDeliveryError):  # never answered, or never produced
             lost += 1
             return
         ms = (time.perf_counter() - t0) * 1000

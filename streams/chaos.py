@@ -57,7 +57,7 @@ from schemas.dead_letter import DeadLetter, DeadLetterReason
 from schemas.request import Message, Request
 from schemas.response import Response
 from streams.bench import Percentiles, emulator_reset, emulator_stats
-from streams.client import AifleetClient, ClientTimeout
+from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.errors import AifleetError, BrokerError, InvalidRecord
 from streams.settings import DEFAULT_HOME, KafkaSettings, Settings
 from streams.stack import Stack
@@ -420,7 +420,7 @@ class Traffic:
         self.sent_at[rid] = time.monotonic()
         try:
             response = await self.client.request(request, timeout=self.timeout_s)
-        except ClientTimeout:
+        except (ClientTimeout, ClientDeliveryError):  # never answered, or never produced
             self.lost.append(rid)
             return
         except Exception as exc:  # noqa: BLE001 - a producer error is the client's to see; count it

@@ -4,10 +4,10 @@ Any Kafka client in any language can do the same from the JSON contract alone; t
 convenience. It reads its reply topic without a consumer group (every client sees every reply on
 its topic and keeps those it asked for), dedups responses by request id, and counts duplicates.
 
-    async with AifleetClient("127.0.0.1:39092") as client:
+    async with AifleetClient("127.0.0.1:29092") as client:
         response = await client.ask("What is Kafka?", tenant="acme")
 
-    with SyncClient("127.0.0.1:39092") as client:
+    with SyncClient("127.0.0.1:29092") as client:
         print(client.ask("What is Kafka?", tenant="acme").output)
 """
 
@@ -31,11 +31,15 @@ from streams.errors import AifleetError
 
 T = TypeVar("T")
 
-__all__ = ["AifleetClient", "ClientTimeout", "SyncClient"]
+__all__ = ["AifleetClient", "ClientDeliveryError", "ClientTimeout", "SyncClient"]
 
 
 class ClientTimeout(AifleetError):
     """No response arrived for a request within the client's timeout."""
+
+
+class ClientDeliveryError(AifleetError):
+    """The broker did not accept the request (it was never produced); sending it again is safe."""
 
 
 class AifleetClient:
@@ -189,7 +193,16 @@ class AifleetClient:
             return self._waiting[request.request_id]
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiting[request.request_id] = fut
-        await self._producer.send(self.requests_topic, request.to_json(), key=request.tenant.encode())
+        delivery = await self._producer.send(self.requests_topic, request.to_json(), key=request.tenant.encode())
+
+        def delivered(d: asyncio.Future[Any]) -> None:
+            # a request the broker never took will never be answered: fail its waiter now, not at its timeout
+            exc = None if d.cancelled() else d.exception()
+            if (d.cancelled() or exc is not None) and not fut.done():
+                self._waiting.pop(request.request_id, None)
+                fut.set_exception(ClientDeliveryError(f"request {request.request_id} was not delivered: {exc!r}"))
+
+        delivery.add_done_callback(delivered)
         return fut
 
     async def request(self, request: Request, *, timeout: float = 60.0) -> Response:

@@ -33,8 +33,8 @@ class KafkaSettings(_Section):
     bootstrap: str | None = Field(
         default=None, description="An existing cluster (host:port,...). When unset, aifleet starts its own."
     )
-    port: int = Field(default=39092, description="Client port of the embedded broker.")
-    controller_port: int = Field(default=39093, description="KRaft controller port of the embedded broker.")
+    port: int = Field(default=29092, description="Client port of the embedded broker (below the ephemeral range).")
+    controller_port: int = Field(default=29093, description="KRaft controller port of the embedded broker.")
     data_dir: Path | None = Field(default=None, description="Embedded broker's log dir (default under home).")
     heap_mb: int = 512
     kafka_version: str = "4.1.1"
@@ -127,7 +127,7 @@ class EmulatorSettings(_Section):
     """The provider emulator that `aifleet up` starts when no provider key is set."""
 
     host: str = "127.0.0.1"
-    port: int = 38080
+    port: int = 28080
     latency_ms: float = 0.0
 
 

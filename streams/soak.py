@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from schemas.request import Message, Request
 from streams.bench import Percentiles
-from streams.client import AifleetClient, ClientTimeout
+from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.stack import Stack
 
 _PAGE_KB = 4
@@ -114,7 +114,7 @@ async def run_soak(
         t0 = time.perf_counter()
         try:
             resp = await client.request(req, timeout=timeout_s)
-        except ClientTimeout:
+        except (ClientTimeout, ClientDeliveryError):  # never answered, or never produced
             lost[bucket] += 1
             return
         lat[bucket].append((time.perf_counter() - t0) * 1000)

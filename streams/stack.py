@@ -121,7 +121,7 @@ class Stack:
         """Send probe requests until the pipeline answers one; fail fast if a child dies meanwhile."""
         import asyncio
 
-        from streams.client import AifleetClient, ClientTimeout
+        from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 
         async def go() -> float:
             t0 = time.monotonic()
@@ -134,7 +134,7 @@ class Stack:
                     try:
                         await client.ask("warm-up", tenant="aifleet-warmup", timeout=5.0)
                         return time.monotonic() - t0
-                    except ClientTimeout:
+                    except (ClientTimeout, ClientDeliveryError):  # never answered, or never produced
                         continue
             raise AifleetError(f"the pipeline did not answer within {timeout_s:.0f}s; see {self.logs}")
 

@@ -146,7 +146,21 @@ def read_pid(cfg: BrokerConfig) -> int | None:
         return None
     except PermissionError:
         return pid
+    if _is_zombie(pid):
+        # it exited and this process (its parent) has not reaped it yet: reap it, and it is gone
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return None
     return pid
+
+
+def _is_zombie(pid: int) -> bool:
+    """True for an exited process not yet reaped (``kill(pid, 0)`` still succeeds on one)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
