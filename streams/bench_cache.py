@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -58,6 +59,14 @@ def build_workload(
     twins = {i: make(i, contents[i], "t") for i in rng.sample(range(n_distinct), n_twins)}
     repeats = [make(j, contents[rng.randrange(n_distinct)], "r") for j in range(n_repeats)]
     return CacheWorkload(originals=originals, twins=twins, repeats=repeats)
+
+
+def workload_calls(stats: dict[str, Any] | None, workload: CacheWorkload) -> int | None:
+    """Provider calls the emulator served for this workload's requests (not the stack's warm-up)."""
+    if not stats:
+        return None
+    prefix = workload.originals[0].request_id.rsplit("-", 2)[0] + "-"
+    return sum(n for rid, n in stats.get("calls_by_request", {}).items() if rid.startswith(prefix))
 
 
 class CacheBenchResult(BaseModel):

@@ -72,7 +72,7 @@ def bench(
     import time
 
     from streams.bench import emulator_reset, emulator_stats
-    from streams.bench_cache import build_workload, run_cache_load, summarise
+    from streams.bench_cache import build_workload, run_cache_load, summarise, workload_calls
     from streams.client import AifleetClient
     from streams.settings import BENCH_CONFIG_FILE, get_settings
     from streams.stack import Stack
@@ -108,7 +108,7 @@ def bench(
         responses,
         lost=lost,
         duplicates=dups,
-        provider_calls=stats["total_calls"] if stats else None,
+        provider_calls=workload_calls(stats, workload),
         elapsed_s=elapsed,
     )
     if as_json:
