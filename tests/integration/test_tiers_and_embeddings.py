@@ -64,13 +64,29 @@ async def test_embeddings_answered_by_the_local_model_through_kafka(kafka_bootst
                 *(
                     client.request(
                         Request(
-                            request_id=f"emb-{i}-{uuid.uuid4().hex[:6]}", tenant="acme", kind="embedding", input=texts
+                            request_id=f"emb-{i}-{uuid.uuid4().hex[:6]}",
+                            tenant="acme",
+                            kind="embedding",
+                            input=texts,
+                            cache_bypass=True,  # every one through the infer stage (identical ones would coalesce)
                         ),
                         timeout=120,
                     )
                     for i in range(20)
                 )
             )
+            # without the bypass, an identical embedding request is answered from the cache, with the same vectors
+            first, again = [
+                await client.request(
+                    Request(
+                        request_id=f"emb-c{i}-{uuid.uuid4().hex[:6]}", tenant="acme", kind="embedding", input=texts
+                    ),
+                    timeout=120,
+                )
+                for i in range(2)
+            ]
+    assert (first.status, again.status) == ("ok", "cached")
+    assert again.embeddings == first.embeddings and again.cost_usd == 0.0
     for a in answers:
         assert a.status == "ok", a.error
         assert a.provider == "local" and a.model == "all-minilm-l6-v2"
