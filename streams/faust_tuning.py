@@ -6,7 +6,8 @@ request covers only idle partitions (health, changelog, infer) the broker holds 
 1.5 s, and records arriving on busy partitions wait behind it: about 1.5 s per pipeline hop. A
 short long-poll keeps idle topics cheap and busy ones flowing.
 
-``apply`` also installs ``streams.faust_acks``, the at-least-once repairs to faust's offset bookkeeping.
+``apply`` also makes faust's producers idempotent (faust only does so inside transactions), and installs
+``streams.faust_acks``, the at-least-once repairs to faust's offset bookkeeping.
 """
 
 from __future__ import annotations
@@ -44,4 +45,13 @@ def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS, fetch_min_bytes: int = 1) 
         return consumer
 
     driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+    original_extra = driver.Producer._settings_extra
+
+    def _settings_extra(self: Any) -> Any:
+        # faust only turns idempotence on inside transactions; without it a produce retried after a
+        # lost acknowledgement (a broker restart, a timeout) writes a second response or usage event.
+        return {**original_extra(self), "acks": "all", "enable_idempotence": True}
+
+    driver.Producer._settings_extra = _settings_extra  # type: ignore[method-assign]
     _applied = True

@@ -236,3 +236,15 @@ def _no_leaked_registrations() -> Any:
     before = set(faust_acks._strict_topics)
     yield
     faust_acks._strict_topics.intersection_update(before | {STRICT})
+
+
+def test_faust_producers_are_idempotent_outside_transactions_too() -> None:
+    from types import SimpleNamespace
+
+    from faust.transport.drivers import aiokafka as driver
+
+    from streams import faust_tuning
+
+    faust_tuning.apply()
+    extra = driver.Producer._settings_extra(SimpleNamespace(app=SimpleNamespace(in_transaction=False)))  # type: ignore[arg-type]
+    assert extra["enable_idempotence"] is True and extra["acks"] == "all"
