@@ -9,17 +9,16 @@ requests, which is what decides the result on a machine with fewer cores than pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
 from infra.kafka import broker
 from streams.bench import Percentiles, emulator_reset, emulator_stats, run_load
 from streams.client import AifleetClient
-from streams.settings import BENCH_CONFIG_FILE, Settings
+from streams.settings import BENCH_CONFIG_FILE, Settings, patched_environ
 from streams.soak import process_sample, stack_processes
 from streams.stack import Stack
 
@@ -36,20 +35,6 @@ class ScaleRow(BaseModel):
     latency_ms: Percentiles
     cpu_s_per_1000: dict[str, float]
     """CPU seconds per 1000 requests, by process kind (workers summed)."""
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _cpu(stack: Stack) -> dict[str, float]:
@@ -88,7 +73,7 @@ def run_scale(
     try:
         for n in worker_counts:
             prefix = f"scale{n}-{uuid.uuid4().hex[:6]}"
-            with _env(AIFLEET_KAFKA__TOPIC_PREFIX=prefix, AIFLEET_KAFKA__PARTITIONS=str(partitions)):
+            with patched_environ({"AIFLEET_KAFKA__TOPIC_PREFIX": prefix, "AIFLEET_KAFKA__PARTITIONS": str(partitions)}):
                 settings = Settings()
                 stack = Stack(
                     settings,

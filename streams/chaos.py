@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +59,7 @@ from schemas.response import Response
 from streams.bench import Percentiles, emulator_reset, emulator_stats
 from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.errors import AifleetError, BrokerError, InvalidRecord
-from streams.settings import DEFAULT_HOME, KafkaSettings, Settings
+from streams.settings import DEFAULT_HOME, KafkaSettings, Settings, patched_environ
 from streams.stack import Stack
 from streams.topics import Topics
 
@@ -306,20 +306,6 @@ def start_broker(cfg: broker.BrokerConfig, *, timeout_s: float = 120.0, attempts
             if pid is not None:
                 _reap_when_it_exits(pid)
             return outcome
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str], drop_prefixes: tuple[str, ...] = ()) -> Iterator[None]:
-    """Set (and drop) environment variables for the children started inside, restoring them after."""
-    saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith(drop_prefixes)] if drop_prefixes else []:
-        del os.environ[key]
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @dataclass

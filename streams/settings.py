@@ -8,6 +8,9 @@ log line, a topic or a table.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -214,6 +217,28 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """A topic name under this deployment's prefix."""
         return f"{self.kafka.topic_prefix}.{name}"
+
+
+@contextlib.contextmanager
+def patched_environ(values: Mapping[str, str], drop_prefixes: tuple[str, ...] = ()) -> Iterator[None]:
+    """Set ``values`` (and drop variables starting with ``drop_prefixes``) in ``os.environ`` while inside.
+
+    Settings are read from the environment, and children started inside inherit it. Exactly the
+    variables touched are restored afterwards.
+    """
+    dropped = [k for k in os.environ if k.startswith(drop_prefixes)] if drop_prefixes else []
+    saved = {k: os.environ.get(k) for k in [*values, *dropped]}
+    for key in dropped:
+        del os.environ[key]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @lru_cache(maxsize=1)

@@ -31,3 +31,17 @@ def test_settings_from_environment_and_secrets_are_redacted(monkeypatch: pytest.
     assert s.keys.openai is not None and s.keys.openai.get_secret_value() == "sk-very-secret"
     for text in (repr(s), str(s), s.model_dump_json()):
         assert "sk-very-secret" not in text
+
+
+def test_patched_environ_sets_drops_and_restores_exactly_what_it_touched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from streams.settings import patched_environ
+
+    monkeypatch.setenv("AIFLEET_KEYS__OPENAI", "sk-test")
+    monkeypatch.delenv("AIFLEET_KAFKA__PARTITIONS", raising=False)
+    with patched_environ({"AIFLEET_KAFKA__PARTITIONS": "8"}, drop_prefixes=("AIFLEET_KEYS__",)):
+        assert os.environ["AIFLEET_KAFKA__PARTITIONS"] == "8"
+        assert "AIFLEET_KEYS__OPENAI" not in os.environ
+    assert "AIFLEET_KAFKA__PARTITIONS" not in os.environ
+    assert os.environ["AIFLEET_KEYS__OPENAI"] == "sk-test"
