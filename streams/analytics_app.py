@@ -26,7 +26,7 @@ from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageW
 from streams.analytics.errors import AnalyticsUnavailable
 from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
-from streams.app import FaustPublisher, new_faust_app
+from streams.app import FaustPublisher, new_faust_app, raw_topic
 from streams.publisher import publish_all
 from streams.settings import Settings
 from streams.topics import Topics
@@ -71,16 +71,6 @@ def build_analytics_app(settings: Settings) -> faust.App:
     endpoint: list[Any] = []
     webhook_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=WEBHOOK_QUEUE)
 
-    def raw_topic(name: str) -> Any:
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            value_serializer="raw",
-            key_serializer="raw",
-            partitions=settings.kafka.partitions,
-        )
-
     @app.task
     async def open_store() -> None:
         """Apply migrations, then (embedded mode) serve read-only queries to other processes."""
@@ -97,7 +87,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
         if ep is not None:
             endpoint.append(ep)
 
-    @app.agent(raw_topic(topics.usage), name="usage_sink")
+    @app.agent(raw_topic(app, topics.usage, settings), name="usage_sink")
     async def usage_sink(stream: Any) -> None:
         async for events in stream.take_events(a.batch_size, within=a.batch_within_s):
             batch = [u for u in (_decode_usage(e.value) for e in events) if u is not None]
@@ -112,7 +102,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
                     log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(batch))
                     await asyncio.sleep(exc.retry_after_s or a.retry_backoff_s)
 
-    @app.agent(raw_topic(topics.health), name="alert_health")
+    @app.agent(raw_topic(app, topics.health, settings), name="alert_health")
     async def alert_health(stream: Any) -> None:
         async for raw in stream:
             try:

@@ -245,6 +245,18 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
     return faust.App(app_id, **conf)
 
 
+def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
+    """A topic of raw bytes (keys and values), with the deployment's partition count."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=settings.kafka.partitions,
+    )
+
+
 def build_app(settings: Settings) -> faust.App:
     """The whole worker: gate and dispatch agents over the deployment's topics."""
     topics = Topics.from_settings(settings)
@@ -303,18 +315,8 @@ def build_app(settings: Settings) -> faust.App:
     )
     dispatch = DispatchStage(topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid)
 
-    def raw_topic(name: str) -> Any:
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            value_serializer="raw",
-            key_serializer="raw",
-            partitions=settings.kafka.partitions,
-        )
-
     for name in topics.all():
-        raw_topic(name)  # declared at start-up with the configured partition count
+        raw_topic(app, name, settings)  # declared at start-up with the configured partition count
 
     async def dead_letter_crash(event: Any, exc: BaseException) -> None:
         """A handler bug: keep the record in the DLQ with the reason, answer if the id is readable."""
@@ -342,7 +344,7 @@ def build_app(settings: Settings) -> faust.App:
             )
         await publish_all(publisher, items)
 
-    @app.agent(raw_topic(topics.requests), name="gate")
+    @app.agent(raw_topic(app, topics.requests, settings), name="gate")
     async def gate_agent(stream: Any) -> None:
         async def handle(event: Any) -> None:
             m = event.message
@@ -352,7 +354,7 @@ def build_app(settings: Settings) -> faust.App:
 
         await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
 
-    @app.agent(raw_topic(topics.routed), name="dispatch")
+    @app.agent(raw_topic(app, topics.routed, settings), name="dispatch")
     async def dispatch_agent(stream: Any) -> None:
         async def handle(event: Any) -> None:
             try:
@@ -378,7 +380,7 @@ def build_app(settings: Settings) -> faust.App:
         topics=topics, embedder=shared_embedder, publisher=publisher, fallback=dispatch.handle, worker_id=wid
     )
 
-    @app.agent(raw_topic(topics.infer), name="infer")
+    @app.agent(raw_topic(app, topics.infer, settings), name="infer")
     async def infer_agent(stream: Any) -> None:
         """Micro-batches of local embedding requests; acked once their answers are on the broker."""
         async for events in stream.take_events(settings.infer.max_batch, within=settings.infer.max_wait_ms / 1000):
@@ -391,7 +393,7 @@ def build_app(settings: Settings) -> faust.App:
             if batch:
                 await infer.handle_batch(batch)
 
-    @app.agent(raw_topic(topics.usage), name="settle")
+    @app.agent(raw_topic(app, topics.usage, settings), name="settle")
     async def settle_agent(stream: Any) -> None:
         """Charge each tenant what its calls really cost (usage is keyed by tenant, like the quota table)."""
 
@@ -405,7 +407,7 @@ def build_app(settings: Settings) -> faust.App:
 
     if cache is not None:
 
-        @app.agent(raw_topic(topics.cache), name="cache")
+        @app.agent(raw_topic(app, topics.cache, settings), name="cache")
         async def cache_agent(stream: Any) -> None:
             """Fills (answers of leading requests, released to their waiters), purges and sweeps, in order.
 
