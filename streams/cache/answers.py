@@ -102,5 +102,5 @@ def fill_for(routed: RoutedRequest, response: Response) -> CacheFill | None:
             cost_usd=response.cost_usd,
         )
         return CacheFill(ticket=ticket, leader=leader, answer=answer)
-    error = response.error or ErrorInfo(reason="internal", message="the leading request failed")  # type: ignore[arg-type]
-    return CacheFill(ticket=ticket, leader=leader, error=error)
+    # a failed leader: its waiters get its typed error (the cache stage supplies one if it had none)
+    return CacheFill(ticket=ticket, leader=leader, error=response.error)
