@@ -13,13 +13,13 @@ elementwise and cheap next to the MatMuls they protect.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-DEFAULT_ALPHA = 0.6
+DEFAULT_ALPHA = 0.7
 _MIN, _MAX = 1e-2, 1e3
 
 
@@ -53,12 +53,21 @@ def activation_ranges(
     return ranges
 
 
+def alpha_for(node_name: str, alpha: float, overrides: Mapping[str, float]) -> float:
+    """The migration strength of one node: the first override whose key is in the node's name, else ``alpha``."""
+    return next((a for key, a in overrides.items() if key in node_name), alpha)
+
+
 def smooth(
-    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA
+    model: onnx.ModelProto,
+    feeds: Sequence[dict[str, np.ndarray]],
+    alpha: float = DEFAULT_ALPHA,
+    overrides: Mapping[str, float] | None = None,
 ) -> tuple[onnx.ModelProto, int]:
     """A rescaled copy of ``model`` (same function in fp32) and the number of rescaled nodes.
 
-    ``feeds`` should be single, unpadded sequences so padding never widens a range.
+    ``feeds`` should be single, unpadded sequences so padding never widens a range. ``overrides`` maps a
+    substring of node names (``"ffn_out"``) to that node's own alpha.
     """
     out = copy.deepcopy(model)
     targets = _weight_consumers(out)
@@ -69,7 +78,8 @@ def smooth(
         weight = numpy_helper.to_array(inits[node.input[1]])
         act = np.maximum(ranges[node.input[0]], 1e-5)
         wmax = np.maximum(np.abs(weight).max(axis=1), 1e-5)
-        scale = np.clip(act**alpha / wmax ** (1 - alpha), _MIN, _MAX).astype(np.float32)
+        a = alpha_for(node.name, alpha, overrides or {})
+        scale = np.clip(act**a / wmax ** (1 - a), _MIN, _MAX).astype(np.float32)
         inits[node.input[1]].CopyFrom(
             numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), node.input[1])
         )
