@@ -241,6 +241,8 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
         "topic_disable_leader": True,
         "broker_credentials": _credentials(settings),
     }
+    # faust's default datadir is "<app id>-data" in the working directory: keep it under home instead.
+    conf["datadir"] = str(settings.home / "faust-data" / app_id)
     conf.update(overrides)
     return faust.App(app_id, **conf)
 

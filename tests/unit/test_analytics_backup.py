@@ -226,3 +226,14 @@ def test_rebuild_while_the_sink_runs_says_to_stop_it(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(rb, "rebuild", active)
     result = runner.invoke(app, ["rebuild", "--from-earliest"])
     assert result.exit_code == 75 and "stop the analytics process first" in result.output  # retry once it is stopped
+
+
+def test_apps_keep_their_table_data_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.analytics_app import build_analytics_app
+
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    app = build_analytics_app(Settings(kafka_bootstrap="127.0.0.1:1", home=home))
+    assert Path(app.conf.datadir).is_relative_to(home)  # faust's default would be "<app id>-data" in cwd
+    assert list(cwd.iterdir()) == []
