@@ -226,6 +226,10 @@ def bench(
             f"batch 1 on all {every_core['cores']} cores (one single-threaded run per core): {rates}"
             + (f"; int8/fp32 {ratio:.2f}x" if ratio else "")
         )
+    best = report.get("batch1_best", {})
+    if best.get("int8_vs_fp32"):
+        parts = "; ".join(f"{v} {b['sentences_per_s']:.0f} sent/s ({b['config']})" for v, b in best["variants"].items())
+        console.print(f"batch 1, each variant at its best here: {parts}; int8/fp32 {best['int8_vs_fp32']:.2f}x")
 
 
 def main() -> None:

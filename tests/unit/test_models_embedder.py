@@ -117,6 +117,17 @@ def test_run_infer_bench_reports_every_point(models_home: Path) -> None:
         every_core = report["batch1_all_cores"]
         assert set(every_core["sentences_per_s"]) == {"fp32", "int8"}
         assert all(r > 0 for r in every_core["sentences_per_s"].values()) and every_core["int8_vs_fp32"] > 0
+    best = report["batch1_best"]
+    for v in ("fp32", "int8"):
+        measured = [
+            report["results"][v][0]["sentences_per_s"],
+            *report.get("batch1_all_cores", {}).get("sentences_per_s", {v: 0}).values(),
+        ]
+        assert best["variants"][v]["sentences_per_s"] in measured
+        assert best["variants"][v]["sentences_per_s"] >= report["results"][v][0]["sentences_per_s"]
+    assert best["int8_vs_fp32"] == round(
+        best["variants"]["int8"]["sentences_per_s"] / best["variants"]["fp32"]["sentences_per_s"], 3
+    )
     json.dumps(report)  # JSON-friendly all the way down
 
 
