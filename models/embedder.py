@@ -155,17 +155,22 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], rows L2-normalised, in the order of ``texts``."""
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """``embed`` and each text's token count (after truncation), from one tokenisation."""
         if isinstance(texts, str):
             raise TypeError("embed takes a list of texts, not one string")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return out, []
         session = self.session
         ids = self.tokenizer.encode(texts)
+        lengths = [len(x) for x in ids]
         buckets = self.buckets if self._use_buckets(session) else None
-        for chunk in self.chunks([len(x) for x in ids], tight=buckets is None):
+        for chunk in self.chunks(lengths, tight=buckets is None):
             out[chunk] = session.run(pad_ids([ids[i] for i in chunk], buckets=buckets))
-        return out
+        return out, lengths
 
     def chunks(self, lengths: Sequence[int], *, tight: bool = True) -> list[list[int]]:
         """Indices grouped for inference: shortest first, at most ``max_batch_size`` each, never mixing length
@@ -195,6 +200,10 @@ class Embedder:
     async def embed_async(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` in the executor, so the event loop stays free."""
         return await asyncio.get_running_loop().run_in_executor(self._get_executor(), self.embed, list(texts))
+
+    async def embed_counted_async(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """``embed_counted`` in the executor (tokenising there too, not on the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), self.embed_counted, list(texts))
 
     def _get_executor(self) -> Executor:
         if self._executor is not None:

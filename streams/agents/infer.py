@@ -12,8 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-import numpy as np
-
 from models.embedder import Embedder
 from schemas.response import Latency, Response, TokenUsage
 from schemas.routed import RoutedRequest
@@ -51,8 +49,7 @@ class InferStage:
         started = time.perf_counter()
         try:
             embedder = self._embedder()
-            vectors: np.ndarray = await embedder.embed_async(texts)
-            lengths = embedder.tokenizer.lengths(texts)
+            vectors, lengths = await embedder.embed_counted_async(texts)
         except Exception as exc:  # noqa: BLE001 - a model failure: let each request's fallback chain answer
             log.warning("local inference failed (%s); falling back for %d requests", exc, len(batch))
             for routed in batch:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
 
-import numpy as np
 from pydantic import SecretStr
 
 from models.batching import MicroBatcher
@@ -41,8 +40,7 @@ class LocalProvider:
 
     async def _run_batch(self, texts: list[str]) -> Sequence[tuple[list[float], int]]:
         embedder = shared_embedder()
-        vectors: np.ndarray = await embedder.embed_async(texts)
-        lengths = embedder.tokenizer.lengths(texts)
+        vectors, lengths = await embedder.embed_counted_async(texts)
         return [(v.tolist(), n) for v, n in zip(vectors, lengths, strict=True)]
 
     @property

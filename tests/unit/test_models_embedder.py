@@ -171,3 +171,10 @@ def test_auto_variant_on_a_gpu_that_does_not_work_uses_fp32(models_home: Path) -
         pytest.skip("CUDA really works on this machine")
     assert emb.variant == "fp32" and emb.report.fell_back
     assert emb.embed(["hello"]).shape == (1, 384)
+
+
+async def test_embed_counted_gives_the_vectors_and_token_counts_of_one_tokenisation(embedder: Embedder) -> None:
+    vectors, lengths = await embedder.embed_counted_async(TEXTS)
+    assert lengths == embedder.tokenizer.lengths(TEXTS)
+    assert float(np.abs(vectors - embedder.embed(TEXTS)).max()) <= 1e-6
+    assert embedder.embed_counted([])[1] == []
