@@ -30,6 +30,7 @@ class EmbedBenchResult(BaseModel):
     kafka_sentences_per_s: float
     kafka_latency_ms: Percentiles
     bare_sentences_per_s: float
+    bare_before_after: tuple[float, float]
     ratio: float
     variant: str
     execution_provider: str
@@ -70,11 +71,15 @@ async def run_embed_bench(
     ) as client:
         # warm the worker's model before timing
         await client.request(make(0).model_copy(update={"request_id": f"emb-{run}-warm"}), timeout=120)
+        # The bare model is measured right before and right after the Kafka run, and the two averaged, so a
+        # neighbour's load that comes or goes during the run weighs on both sides of the ratio alike.
+        before, variant, active = await asyncio.to_thread(_bare_throughput, texts, settings.infer.max_batch)
         result, responses = await run_load(
             client, requests=requests, concurrency=concurrency, timeout_s=120, make_request=make, settle_s=0.5
         )
+        after, _, _ = await asyncio.to_thread(_bare_throughput, texts, settings.infer.max_batch)
     kafka_rate = result.ok * k / result.elapsed_s if result.elapsed_s else 0.0
-    bare_rate, variant, active = await asyncio.to_thread(_bare_throughput, texts, settings.infer.max_batch)
+    bare_rate = (before + after) / 2
     assert all(r.provider == "local" and r.status == "ok" for r in responses if r.status in ("ok", "cached")), (
         "embeddings must take the infer path"
     )
@@ -86,6 +91,7 @@ async def run_embed_bench(
         kafka_sentences_per_s=round(kafka_rate, 1),
         kafka_latency_ms=result.latency_ms,
         bare_sentences_per_s=round(bare_rate, 1),
+        bare_before_after=(round(before, 1), round(after, 1)),
         ratio=round(kafka_rate / bare_rate, 3) if bare_rate else 0.0,
         variant=variant,
         execution_provider=active,

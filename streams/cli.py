@@ -383,7 +383,11 @@ def bench_embed(
     table.add_column("path")
     table.add_column("sentences/s", justify="right")
     table.add_row("through Kafka (gate -> infer agent -> responses)", f"{result.kafka_sentences_per_s:.1f}")
-    table.add_row(f"bare model, batches of {result.max_batch}", f"{result.bare_sentences_per_s:.1f}")
+    before, after = result.bare_before_after
+    table.add_row(
+        f"bare model, batches of {result.max_batch} (mean of {before:.0f} before and {after:.0f} after)",
+        f"{result.bare_sentences_per_s:.1f}",
+    )
     table.add_row("ratio", f"{result.ratio:.3f}")
     out.print(table)
 

@@ -96,3 +96,23 @@ async def test_embeddings_answered_by_the_local_model_through_kafka(kafka_bootst
     assert v.shape == (3, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # the paraphrase is closer than the unrelated sentence
+
+
+async def test_embed_bench_measures_the_infer_stage_on_every_run(kafka_bootstrap: str, aifleet_home: Path) -> None:
+    from streams.bench_embed import run_embed_bench
+    from streams.settings import Settings
+
+    env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_CONFIG_FILE=str(DEFAULT_CONFIG_FILE))
+    with running_stack(env, workers=1):
+        settings = Settings()
+        # The same texts twice: the second run must not be answered from the first one's cache entries
+        # (run_embed_bench checks that every answer came from the local model, not the cache).
+        runs = [
+            await run_embed_bench(kafka_bootstrap, settings, requests=40, concurrency=8, texts_per_request=2)
+            for _ in range(2)
+        ]
+    for r in runs:
+        assert (r.ok, r.lost, r.texts_per_request) == (40, 0, 2)
+        assert r.variant == "int8" and r.execution_provider == "CPUExecutionProvider"
+        assert r.bare_sentences_per_s == pytest.approx(sum(r.bare_before_after) / 2, abs=0.1)
+        assert r.ratio == pytest.approx(r.kafka_sentences_per_s / r.bare_sentences_per_s, abs=0.01)
