@@ -132,7 +132,7 @@ class RecoveryWatchdog:
     def install(self) -> RecoveryWatchdog:
         """Start the check loop with the app's first partition assignment (before recovery can stall)."""
 
-        async def _start(_app: Any, **_: Any) -> None:
+        async def _start(_app: Any, *_: Any, **__: Any) -> None:  # (sender, assigned, signal=...)
             if self._task is None:
                 self._task = self.app.add_future(self.run())
 
@@ -159,7 +159,7 @@ class RecoveryWatchdog:
         if started_at != self._recovery_started_at:  # a new recovery (another rebalance)
             self._reset()
             self._recovery_started_at = started_at
-        if started_at is None or self.app.rebalancing:
+        if started_at is None or self._rebalancing_again(recovery):
             return []
         consumer = self.app.consumer
         assigned = consumer.assignment()
@@ -185,11 +185,18 @@ class RecoveryWatchdog:
         )
         return [stall for stall in stalls if await self._reseek(recovery, consumer, stall)]
 
+    def _rebalancing_again(self, recovery: Any) -> bool:
+        """A newer generation than the one this recovery is for: faust restarts recovery; leave it to that.
+
+        (``app.rebalancing`` is no help: faust clears it only once recovery has completed.)
+        """
+        return bool(self.app.consumer_generation_id != recovery._generation_id)
+
     def _still_stalled(self, recovery: Any, stall: Stall) -> bool:
         """Recovery may have moved on while the watchdog awaited the consumer: then leave the partition be."""
         return bool(
             recovery.in_recovery
-            and not self.app.rebalancing
+            and not self._rebalancing_again(recovery)
             and recovery._recovery_started_at == self._recovery_started_at
             and recovery.active_offsets.get(stall.tp) == stall.applied
         )

@@ -66,6 +66,7 @@ class FakeRecovery:
         self.active_offsets: Counter[TP] = Counter({A: -1, B: 4})
         self.active_highwaters: Counter[TP] = Counter({A: 9, B: 9})
         self._active_events_received_at: dict[TP, float] = {}
+        self._generation_id = 7
 
 
 class FakeConsumer:
@@ -96,7 +97,7 @@ class FakeApp:
         self.recovery = FakeRecovery()
         self.tables = type("Tables", (), {"recovery": self.recovery})()
         self.consumer = FakeConsumer(self.recovery)
-        self.rebalancing = False
+        self.consumer_generation_id = 7
         self.on_partitions_assigned = _Signal()
         self.futures: list[Any] = []
 
@@ -185,9 +186,9 @@ async def test_progress_resets_the_count_and_an_error_follows_max_reseeks_withou
 async def test_nothing_is_done_outside_recovery_or_during_a_rebalance(m: AifleetMetrics) -> None:
     app, clock = FakeApp(), Clock(200.0)
     dog = RecoveryWatchdog(app, stall_after_s=1.0, clock=clock)
-    app.rebalancing = True
+    app.consumer_generation_id = 8  # a rebalance started after this recovery's
     assert await dog.check() == []
-    app.rebalancing = False
+    app.consumer_generation_id = 7
     app.recovery.in_recovery = False
     assert await dog.check() == []
     assert app.consumer.sought == [] and reseeks(m) is None
@@ -238,6 +239,6 @@ async def test_install_starts_the_loop_once_on_partition_assignment() -> None:
     dog = RecoveryWatchdog(app, stall_after_s=9.0).install()
     assert dog.interval_s == 3.0
     (handler,) = app.on_partitions_assigned.handlers
-    await handler(app, assigned=set())
-    await handler(app, assigned=set())
+    await handler(app, set(), signal=None)  # how mode calls it: (sender, assigned, signal=...)
+    await handler(app, set(), signal=None)  # how mode calls it: (sender, assigned, signal=...)
     assert len(app.futures) == 1
