@@ -19,7 +19,7 @@ from schemas.errors import ErrorInfo, ErrorReason
 from schemas.response import Response
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
-from streams import faust_tuning
+from streams import faust_tuning, recovery_watch
 from streams.agents.dispatch import DispatchStage
 from streams.agents.gate import GateStage, Record
 from streams.agents.infer import InferStage
@@ -285,6 +285,10 @@ def build_app(settings: Settings) -> faust.App:
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
     ledger = QuotaLedger(catalog, state=_TableState(quota_table))
+    # re-seeks a changelog partition whose restore stalls (docs/operations.md, "A worker stuck restoring a table")
+    recovery_watch.install(
+        app, stall_after_s=settings.worker.recovery_stall_s, max_reseeks=settings.worker.recovery_max_reseeks
+    )
     wid = worker_id()
     providers = build_providers(catalog, settings)
     board = BreakerBoard(

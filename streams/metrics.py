@@ -129,6 +129,18 @@ class AifleetMetrics:
             "aifleet_cost_saved_usd", "Provider cost avoided by cache hits, in US dollars.", ["tenant"], registry=r
         )
         self.tokens = Counter("aifleet_tokens", "Tokens reported by providers.", ["provider", "direction"], registry=r)
+        self.recovery_reseeks = Counter(
+            "aifleet_recovery_reseeks",
+            "Re-seeks of a table changelog partition whose recovery had stalled (streams.recovery_watch).",
+            ["topic"],
+            registry=r,
+        )
+        self.recovery_stuck = Gauge(
+            "aifleet_recovery_stuck_partitions",
+            "Changelog partitions still stalled in recovery after the watchdog's last allowed re-seek.",
+            ["topic"],
+            registry=r,
+        )
 
     # -- labels -----------------------------------------------------------------------------------
     def tenant_label(self, tenant: str) -> str:
@@ -196,6 +208,14 @@ class AifleetMetrics:
         for p in report.partitions:
             self.consumer_lag.labels(group, safe_label(p.topic), str(p.partition)).set(p.lag)
 
+    def record_recovery_reseek(self, topic: str) -> None:
+        """The recovery watchdog re-seeked a stalled partition of this changelog topic."""
+        self.recovery_reseeks.labels(safe_label(topic)).inc()
+
+    def set_recovery_stuck(self, topic: str, partitions: int) -> None:
+        """How many partitions of this changelog topic are stalled beyond the watchdog's re-seeks."""
+        self.recovery_stuck.labels(safe_label(topic)).set(partitions)
+
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
@@ -262,6 +282,16 @@ def add_cost_saved(tenant: str, usd: float) -> None:
 def add_tokens(provider: str, input_tokens: int, output_tokens: int) -> None:
     """Add a provider call's token counts."""
     metrics().add_tokens(provider, input_tokens, output_tokens)
+
+
+def record_recovery_reseek(topic: str) -> None:
+    """Count a re-seek of a stalled changelog partition."""
+    metrics().record_recovery_reseek(topic)
+
+
+def set_recovery_stuck(topic: str, partitions: int) -> None:
+    """Set how many of a changelog topic's partitions stay stalled after the watchdog's re-seeks."""
+    metrics().set_recovery_stuck(topic, partitions)
 
 
 def set_consumer_lag(report: LagReport) -> None:

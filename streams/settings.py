@@ -67,6 +67,15 @@ class WorkerSettings(_Section):
     )
     web_port: int | None = Field(default=None, description="Faust web port; None disables the web server.")
     table_store: str = Field(default="memory://", description="Faust table store: memory:// or rocksdb://.")
+    recovery_stall_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A changelog partition in table recovery that receives no record for this long, with records "
+        "left below its highwater, is re-seeked by the recovery watchdog (streams.recovery_watch).",
+    )
+    recovery_max_reseeks: int = Field(
+        default=3, ge=1, description="Re-seeks without progress after which the watchdog logs an ERROR."
+    )
 
 
 class ResilienceSettings(_Section):

@@ -24,6 +24,8 @@ EXPECTED_FAMILIES = {
     "aifleet_cost_usd",
     "aifleet_cost_saved_usd",
     "aifleet_tokens",
+    "aifleet_recovery_reseeks",
+    "aifleet_recovery_stuck_partitions",
 }
 
 
