@@ -242,8 +242,11 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
         "broker_credentials": _credentials(settings),
     }
     # faust's default datadir is "<app id>-data" in the working directory: keep it under home instead.
-    conf["datadir"] = str(settings.home / "faust-data" / app_id)
     conf.update(overrides)
+    if "datadir" not in overrides:
+        datadir = settings.home / "faust-data" / app_id
+        datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates the last level only
+        conf["datadir"] = str(datadir)
     return faust.App(app_id, **conf)
 
 
