@@ -9,17 +9,69 @@ product over the namespace (exact cosine, no approximation): at the sizes one wo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from streams.cache.keys import scope_of_key
 
 
-@dataclass
 class _Space:
-    keys: list[str] = field(default_factory=list)
-    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    """One namespace's vectors: rows of a buffer that doubles up to ``limit``, then a ring over it.
+
+    Adding and removing are O(1) amortised (the search itself is one matrix-vector product). Past
+    ``limit`` a new vector overwrites the oldest slot; a removed vector leaves a zero row (cosine 0,
+    below any threshold) until the ring comes round to it.
+    """
+
+    __slots__ = ("keys", "limit", "next", "slot", "vectors")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.keys: list[str | None] = []
+        self.slot: dict[str, int] = {}
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        self.next = 0  # once full: the slot to overwrite (the oldest)
+
+    def put(self, key: str, v: np.ndarray) -> None:
+        if key in self.slot:
+            self.vectors[self.slot[key]] = v
+            return
+        if self.vectors.shape[1] != v.size:  # first vector (or a model of another width): start over
+            self.keys, self.slot, self.next = [], {}, 0
+            self.vectors = np.zeros((min(64, self.limit), v.size), dtype=np.float32)
+        n = len(self.keys)
+        if n < self.limit:
+            if n == len(self.vectors):
+                grown = np.zeros((min(2 * n, self.limit), v.size), dtype=np.float32)
+                grown[:n] = self.vectors
+                self.vectors = grown
+            i = n
+            self.keys.append(key)
+        else:
+            i = self.next
+            self.next = (i + 1) % self.limit
+            old = self.keys[i]
+            if old is not None:
+                del self.slot[old]
+            self.keys[i] = key
+        self.vectors[i] = v
+        self.slot[key] = i
+
+    def drop(self, key: str) -> None:
+        i = self.slot.pop(key, None)
+        if i is not None:
+            self.keys[i] = None
+            self.vectors[i] = 0.0
+
+    def best(self, v: np.ndarray) -> tuple[str, float] | None:
+        n = len(self.keys)
+        if not self.slot or self.vectors.shape[1] != v.size:
+            return None
+        scores = self.vectors[:n] @ v
+        i = int(np.argmax(scores))
+        key = self.keys[i]
+        return (key, float(scores[i])) if key is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,35 +111,21 @@ class SemanticIndex:
         self._loaded.clear()
 
     def add(self, namespace: str, key: str, vector: np.ndarray | list[float]) -> None:
-        space = self._spaces.setdefault(namespace, _Space())
-        v = unit(vector)[None, :]
-        if key in space.keys:
-            space.vectors[space.keys.index(key)] = v[0]
-            return
-        space.keys.append(key)
-        space.vectors = v if space.vectors.size == 0 else np.vstack([space.vectors, v])
-        if len(space.keys) > self._max:
-            drop = len(space.keys) - self._max
-            space.keys = space.keys[drop:]
-            space.vectors = space.vectors[drop:]
+        """Index ``key``'s vector in ``namespace`` (replacing its old one); past the limit the oldest goes."""
+        self._spaces.setdefault(namespace, _Space(self._max)).put(key, unit(vector))
 
     def search(self, namespace: str, vector: np.ndarray | list[float]) -> Match | None:
         """The best match at or above the threshold, if any."""
         space = self._spaces.get(namespace)
-        if space is None or not space.keys:
+        best = space.best(unit(vector)) if space is not None else None
+        if best is None or best[1] < self.threshold:
             return None
-        scores = space.vectors @ unit(vector)
-        best = int(np.argmax(scores))
-        score = float(scores[best])
-        return Match(space.keys[best], score) if score >= self.threshold else None
+        return Match(*best)
 
     def remove(self, namespace: str, key: str) -> None:
         space = self._spaces.get(namespace)
-        if space is None or key not in space.keys:
-            return
-        i = space.keys.index(key)
-        del space.keys[i]
-        space.vectors = np.delete(space.vectors, i, axis=0)
+        if space is not None:
+            space.drop(key)
 
     def drop_scope(self, scope: str) -> None:
         """Remove every namespace of ``scope`` ('*': all)."""
@@ -98,4 +136,4 @@ class SemanticIndex:
 
     def size(self, namespace: str) -> int:
         space = self._spaces.get(namespace)
-        return len(space.keys) if space else 0
+        return len(space.slot) if space else 0

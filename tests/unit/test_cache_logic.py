@@ -171,3 +171,24 @@ def test_semantic_index_keeps_the_newest_entries() -> None:
     assert idx.search("s|ns", [1.0, 0.0, 0.0]) is None
     idx.drop_scope("s")
     assert idx.size("s|ns") == 0
+
+
+def test_semantic_index_ring_replaces_removes_and_grows() -> None:
+    idx = SemanticIndex(threshold=0.99, max_per_namespace=100)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(250, 16))
+    for i, v in enumerate(vectors):  # grows 64 -> 100, then overwrites the oldest
+        idx.add("s|ns", f"s|k{i}", v)
+    assert idx.size("s|ns") == 100
+    assert idx.search("s|ns", vectors[149]) is None  # evicted
+    for i in (150, 200, 249):
+        m = idx.search("s|ns", vectors[i])
+        assert m is not None and m.key == f"s|k{i}" and m.score == pytest.approx(1.0, abs=1e-5)
+    idx.remove("s|ns", "s|k200")
+    assert idx.search("s|ns", vectors[200]) is None and idx.size("s|ns") == 99
+    idx.add("s|ns", "s|k150", vectors[7])  # same key, new vector: replaced in place
+    assert idx.search("s|ns", vectors[150]) is None and idx.search("s|ns", vectors[7]).key == "s|k150"  # type: ignore[union-attr]
+    assert idx.size("s|ns") == 99
+    for i in range(250, 350):  # a full turn of the ring: the hole is reused, the size stays at the limit
+        idx.add("s|ns", f"s|k{i}", rng.normal(size=16))
+    assert idx.size("s|ns") == 100
