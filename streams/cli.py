@@ -365,17 +365,12 @@ def bench_embed(
 
     s = get_settings()
     stack = Stack(s, workers=1, analytics=False, config_file=BENCH_CONFIG_FILE)
-    try:
-        with err.status("starting broker, emulator and a worker..."):
-            stack.start()
-            stack.wait_ready()
-        with err.status(f"{requests} embedding requests through Kafka, then the bare model..."):
+    with stack.running(err, "starting broker, emulator and a worker..."):
+        with err.status(f"{requests} embedding requests through Kafka, with the bare model before and after..."):
             result = asyncio.run(
                 run_embed_bench(stack.bootstrap, s, requests=requests, concurrency=concurrency, texts_per_request=texts)
             )
         stack.check_alive()
-    finally:
-        stack.stop()
     if as_json:
         print(result.model_dump_json())
         return

@@ -30,19 +30,17 @@ def soak(
     from streams.stack import Stack
 
     s = get_settings()
-    stack = Stack(s, workers=workers, emulator_latency_ms=latency_ms, config_file=BENCH_CONFIG_FILE)
-    try:
-        with err.status("starting broker, emulator, analytics and workers..."):
-            stack.start()
-            stack.wait_ready()
 
-        def show(b: Bucket) -> None:
-            if not as_json:
-                rss = ", ".join(f"{p.name} {p.rss_mb:.0f}" for p in b.processes)
-                err.print(
-                    f"[{b.start_s:6.0f}s] sent {b.sent} answered {b.answered} lost {b.lost} "
-                    f"p50 {b.latency_ms.p50:.0f} ms p99 {b.latency_ms.p99:.0f} ms | RSS MB: {rss}"
-                )
+    def show(b: Bucket) -> None:
+        if not as_json:
+            rss = ", ".join(f"{p.name} {p.rss_mb:.0f}" for p in b.processes)
+            err.print(
+                f"[{b.start_s:6.0f}s] sent {b.sent} answered {b.answered} lost {b.lost} "
+                f"p50 {b.latency_ms.p50:.0f} ms p99 {b.latency_ms.p99:.0f} ms | RSS MB: {rss}"
+            )
+
+    stack = Stack(s, workers=workers, emulator_latency_ms=latency_ms, config_file=BENCH_CONFIG_FILE)
+    with stack.running(err, "starting broker, emulator, analytics and workers..."):
 
         async def go() -> SoakResult:
             async with AifleetClient(
@@ -59,8 +57,6 @@ def soak(
                 )
 
         result = asyncio.run(go())
-    finally:
-        stack.stop()
     if as_json:
         typer.echo(result.model_dump_json())
         return

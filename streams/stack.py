@@ -6,17 +6,20 @@ pids it recorded, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
+from rich.console import Console
 
 from infra.kafka import broker
 from streams.admin import ensure_topics
@@ -69,6 +72,18 @@ class Stack:
         if self.config_file:
             env["AIFLEET_CONFIG_FILE"] = str(self.config_file)
         return env
+
+    @contextlib.contextmanager
+    def running(self, console: Console | None = None, starting: str = "starting...") -> Iterator[Stack]:
+        """Start everything and wait until it is ready (under a spinner when ``console`` is given); stop
+        everything this stack started on the way out, whatever happened."""
+        try:
+            with console.status(starting) if console is not None else contextlib.nullcontext():
+                self.start()
+                self.wait_ready()
+            yield self
+        finally:
+            self.stop()
 
     def start(self) -> None:
         s = self.settings

@@ -81,10 +81,7 @@ def bench(
     workload = build_workload(requests, repeat_ratio=repeat_ratio, concurrent_ratio=concurrent_ratio, tenant="bench")
     stack = Stack(s, workers=workers, emulator_latency_ms=latency_ms, config_file=BENCH_CONFIG_FILE)
     err = Console(stderr=True)
-    try:
-        with err.status("starting broker, emulator and workers..."):
-            stack.start()
-            stack.wait_ready()
+    with stack.running(err, "starting broker, emulator and workers..."):
         emulator_reset(stack.emulator_url)
 
         async def go() -> tuple[dict[str, list[float]], list, int, int, float]:  # type: ignore[type-arg]
@@ -100,8 +97,6 @@ def bench(
 
         lat, responses, lost, dups, elapsed = asyncio.run(go())
         stats = emulator_stats(stack.emulator_url)
-    finally:
-        stack.stop()
     result = summarise(
         workload,
         lat,
