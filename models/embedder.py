@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.build import Variant, ensure_model
+from models.build import Variant, ensure_model, tokenizer_file
 from models.pool import ModelPool
 from models.session import Device, EncoderSession, ProviderReport, create_session, nvidia_device_present
 from models.tokenize import DEFAULT_BUCKETS, TextTokenizer, bucket_for, pad_ids
@@ -118,7 +118,7 @@ class Embedder:
         self._executor = executor
         self.workers = workers
         self._own_executor: ThreadPoolExecutor | None = None
-        self.tokenizer = TextTokenizer(spec, max_length=max_length)
+        self.tokenizer = TextTokenizer(spec, max_length=max_length, path=tokenizer_file(spec, self.home))
 
     @staticmethod
     def _pick_variant(variant: Variant | Literal["auto"], device: Device) -> Variant:

