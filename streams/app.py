@@ -241,9 +241,8 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
         "topic_disable_leader": True,
         "broker_credentials": _credentials(settings),
     }
-    # faust's default datadir is "<app id>-data" in the working directory: keep it under home instead.
     conf.update(overrides)
-    if "datadir" not in overrides:
+    if "datadir" not in overrides:  # faust's default is "<app id>-data" in the working directory: use home
         datadir = settings.home / "faust-data" / app_id
         datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates the last level only
         conf["datadir"] = str(datadir)
