@@ -36,7 +36,15 @@ from typing import Any, Literal
 import onnx
 
 from models.errors import ModelError, ModelNotInstalled, WeightsMismatch
-from models.weights import MINILM, ModelSpec, load_weights, sha256_file, tokenizer_path, weights_sha256
+from models.weights import (
+    MINILM,
+    ModelSpec,
+    load_weights,
+    sha256_file,
+    sha256_file_cached,
+    tokenizer_path,
+    weights_sha256,
+)
 
 Variant = Literal["fp32", "int8", "fp16"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "fp16")
@@ -126,7 +134,7 @@ def is_fresh(variant: Variant, spec: ModelSpec = MINILM, home: Path | None = Non
     if entry.get("bytes") != path.stat().st_size:
         return False
     if not weights_installed(spec):
-        return bool(entry.get("sha256") == sha256_file(path))
+        return bool(entry.get("sha256") == sha256_file_cached(path))  # the pool's size estimate asks too
     return bool(manifest.get("weights_sha256") == weights_sha256(spec))
 
 

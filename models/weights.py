@@ -100,11 +100,15 @@ def _cached_sha(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
-def weights_sha256(spec: ModelSpec = MINILM) -> str:
-    """Sha256 of the shipped weights, cached per (path, size, mtime) within a process."""
-    path = weights_path(spec)
+def sha256_file_cached(path: Path) -> str:
+    """``sha256_file``, cached per (path, size, mtime) within a process."""
     st = path.stat()
     return _cached_sha(str(path), st.st_size, st.st_mtime_ns)
+
+
+def weights_sha256(spec: ModelSpec = MINILM) -> str:
+    """Sha256 of the shipped weights, cached per (path, size, mtime) within a process."""
+    return sha256_file_cached(weights_path(spec))
 
 
 def load_weights(spec: ModelSpec = MINILM) -> dict[str, Any]:
