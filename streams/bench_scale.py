@@ -83,14 +83,10 @@ def run_scale(
                     config_file=BENCH_CONFIG_FILE,
                     stop_broker=False,
                 )
-                try:
-                    say(f"{n} worker(s): starting")
-                    stack.start()
-                    stack.wait_ready()
+                say(f"{n} worker(s): starting")
+                with stack.running():
                     stack.wait_group(n)  # every worker has its partitions before anything is measured
                     rows.append(_measure(stack, settings, n, partitions, requests, concurrency, say))
-                finally:
-                    stack.stop()
     finally:
         if started:
             broker.stop(cfg)

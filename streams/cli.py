@@ -128,20 +128,13 @@ def up(
     from streams.stack import Stack
 
     stack = Stack(get_settings(), workers=workers, emulator_latency_ms=latency_ms)
-    try:
-        with err.status("starting aifleet..."):
-            stack.start()
-            stack.wait_ready()
+    with stack.running(err, "starting aifleet...", "stopping..."):
         err.print(
             f"aifleet is up: bootstrap {stack.bootstrap}, {workers} worker(s), "
             f"provider {'emulator ' + stack.emulator_url if stack.emulator_url else 'APIs'}; logs in {stack.logs}"
         )
         err.print("Ctrl-C to stop")
         _wait_for_signal()
-    finally:
-        with err.status("stopping..."):
-            stack.stop()
-        err.print("stopped")
 
 
 # -- using it ----------------------------------------------------------------------------------

@@ -163,10 +163,11 @@ def _cost_report(settings: Settings, expected: Decimal, console: Console) -> Non
 def run_demo(settings: Settings, console: Console) -> int:
     """Run the demo; returns the process exit code."""
     stack = Stack(settings, workers=1)
-    try:
-        with console.status("starting the broker, the emulator, the analytics process and a worker..."):
-            stack.start()
-            stack.wait_ready()
+    with stack.running(
+        console,
+        "starting the broker, the emulator, the analytics process and a worker...",
+        "stopping everything the demo started...",
+    ):
         console.print(f"aifleet is up: Kafka at {stack.bootstrap}, providers emulated at {stack.emulator_url}")
         answers = asyncio.run(_traffic(stack.bootstrap, settings, console))
         charged = sum((Decimal(str(a.cost_usd)) for a in answers), Decimal(0))
@@ -179,7 +180,3 @@ def run_demo(settings: Settings, console: Console) -> int:
             "the malformed one was dead-lettered[/green]"
         )
         return 0 if ok == len(answers) else 1
-    finally:
-        with console.status("stopping everything the demo started..."):
-            stack.stop()
-        console.print("stopped")

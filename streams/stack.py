@@ -74,16 +74,24 @@ class Stack:
         return env
 
     @contextlib.contextmanager
-    def running(self, console: Console | None = None, starting: str = "starting...") -> Iterator[Stack]:
+    def running(
+        self, console: Console | None = None, starting: str = "starting...", stopping: str | None = None
+    ) -> Iterator[Stack]:
         """Start everything and wait until it is ready (under a spinner when ``console`` is given); stop
-        everything this stack started on the way out, whatever happened."""
+        everything this stack started on the way out, whatever happened (with ``stopping``: under that
+        spinner, then saying "stopped")."""
         try:
             with console.status(starting) if console is not None else contextlib.nullcontext():
                 self.start()
                 self.wait_ready()
             yield self
         finally:
-            self.stop()
+            if console is not None and stopping is not None:
+                with console.status(stopping):
+                    self.stop()
+                console.print("stopped")
+            else:
+                self.stop()
 
     def start(self) -> None:
         s = self.settings
