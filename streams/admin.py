@@ -1,6 +1,10 @@
-"""Cluster administration aifleet needs: topics exist, with the configured partitions, before anyone reads."""
+"""Cluster administration aifleet needs: topics exist, with the configured partitions, before anyone reads;
+consumer groups settled before traffic is measured."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -36,3 +40,40 @@ def ensure_topics(
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise AifleetError(f"could not create topic {name}: {exc}") from exc
     return missing
+
+
+def wait_for_group(
+    bootstrap: str,
+    group: str,
+    members: int,
+    *,
+    timeout_s: float = 90.0,
+    stable_for_s: float = 0.0,
+    poll_s: float = 0.25,
+    check: Callable[[], None] | None = None,
+) -> float | None:
+    """Wait until ``group`` is stable with ``members`` members (for ``stable_for_s`` in a row, so not just in
+    between two rebalances); seconds waited, or None when it never was. ``check`` runs on every poll (it may
+    raise, say when a member died). A failed describe (the group may not exist yet) counts as not stable."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    started = time.monotonic()
+    stable_since: float | None = None
+    while time.monotonic() - started < timeout_s:
+        if check is not None:
+            check()
+        try:
+            desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+            ready = desc.state == ConsumerGroupState.STABLE and len(desc.members) == members
+        except Exception:  # noqa: BLE001 - not there yet, or mid-rebalance
+            ready = False
+        now = time.monotonic()
+        if not ready:
+            stable_since = None
+        elif stable_since is None:
+            stable_since = now
+        if stable_since is not None and now - stable_since >= stable_for_s:
+            return round(now - started, 3)
+        time.sleep(poll_s)
+    return None

@@ -56,6 +56,7 @@ from infra.kafka import broker
 from schemas.dead_letter import DeadLetter, DeadLetterReason
 from schemas.request import Message, Request
 from schemas.response import Response
+from streams.admin import wait_for_group
 from streams.bench import Percentiles, emulator_reset, emulator_stats
 from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.errors import AifleetError, BrokerError, InvalidRecord
@@ -1066,34 +1067,6 @@ def scenario_env(
     }
 
 
-def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 90.0) -> float | None:
-    """Wait until ``group`` is stable with ``members`` members; seconds waited, or None when it never was.
-
-    Traffic starts only then: a worker joining after the first answer would rebalance the group
-    mid-run, and the replays that causes would be counted against the fault."""
-    from confluent_kafka import ConsumerGroupState
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    started = time.monotonic()
-    stable_since: float | None = None
-    while time.monotonic() - started < timeout_s:
-        try:
-            desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
-            ready = desc.state == ConsumerGroupState.STABLE and len(desc.members) == members
-        except Exception:  # noqa: BLE001 - the group may not exist yet
-            ready = False
-        now = time.monotonic()
-        if not ready:
-            stable_since = None
-        elif stable_since is None:
-            stable_since = now
-        elif now - stable_since >= 1.0:  # stable for a second, not in between two rebalances
-            return round(now - started, 3)
-        time.sleep(0.25)
-    return None
-
-
 async def probe_partitions(d: Deployment, timeout_s: float = 60.0) -> float:
     """One request per tenant, so every requests partition is answered once before any fault: a worker that
     never became ready (stuck restoring a table, say) is the deployment's failure, not the fault's."""
@@ -1144,9 +1117,13 @@ def run_scenario(
             stack.start()
             stack.wait_ready(timeout_s=min(180.0, options.scenario_timeout_s))
             group = f"{s.worker.app_id}-{prefix}"
-            settled = wait_for_group(cfg.bootstrap, group, options.workers)
+            # traffic starts only once the groups are stable: a worker joining after the first answer would
+            # rebalance the group mid-run, and the replays that causes would be counted against the fault
+            settled = wait_for_group(cfg.bootstrap, group, options.workers, stable_for_s=1.0)
             if stack.analytics:
-                settled = settled and wait_for_group(cfg.bootstrap, f"{s.worker.app_id}-analytics-{prefix}", 1)
+                settled = settled and wait_for_group(
+                    cfg.bootstrap, f"{s.worker.app_id}-analytics-{prefix}", 1, stable_for_s=1.0
+                )
             d = Deployment(stack=stack, settings=s, broker=cfg, tenants=tenants, options=options, run_id=run_id)
             ready_s = asyncio.run(probe_partitions(d))
             emulator_reset(stack.emulator_url)

@@ -22,7 +22,7 @@ import httpx
 from rich.console import Console
 
 from infra.kafka import broker
-from streams.admin import ensure_topics
+from streams.admin import ensure_topics, wait_for_group
 from streams.errors import AifleetError
 from streams.settings import Settings
 from streams.topics import Topics
@@ -183,19 +183,11 @@ class Stack:
 
     def wait_group(self, members: int, timeout_s: float = 120.0) -> float:
         """Wait until the pipeline's consumer group is stable with ``members`` workers (after adding some)."""
-        from confluent_kafka import ConsumerGroupState
-        from confluent_kafka.admin import AdminClient
-
         group = f"{self.settings.worker.app_id}-{self.settings.kafka.topic_prefix}"
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            self.check_alive()
-            described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
-            if described.state == ConsumerGroupState.STABLE and len(described.members) == members:
-                return time.monotonic() - t0
-            time.sleep(0.5)
-        raise AifleetError(f"consumer group {group} did not settle with {members} members in {timeout_s:.0f}s")
+        waited = wait_for_group(self.bootstrap, group, members, timeout_s=timeout_s, poll_s=0.5, check=self.check_alive)
+        if waited is None:
+            raise AifleetError(f"consumer group {group} did not settle with {members} members in {timeout_s:.0f}s")
+        return waited
 
     def broker_pid(self) -> int | None:
         """The embedded broker's pid when this stack started it (None for an external cluster)."""
