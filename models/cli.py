@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import typer
@@ -18,6 +18,11 @@ from rich.table import Table
 
 from models.build import CPU_VARIANTS, VARIANTS, Variant, build_variants, ensure_model
 from models.errors import ExecutionProviderUnavailable, ModelError
+
+if TYPE_CHECKING:
+    from models.embedder import SessionKey
+    from models.pool import ModelPool
+    from models.session import EncoderSession
 
 app = typer.Typer(help="Local ONNX inference models: build, check, bench.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -66,13 +71,20 @@ def build(
     console.print(table)
 
 
-def write_reference(out: Path, home: Path | None = None) -> int:
-    """fp32-on-CPU embeddings of the check's sample texts, saved (``.npz``) for a ``check`` elsewhere."""
+def fp32_reference(
+    home: Path | None = None, pool: ModelPool[SessionKey, EncoderSession] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The check's sample texts and their fp32-on-CPU embeddings: what every device's variant is held to."""
     from models.corpus import SAMPLE_SENTENCES
     from models.embedder import Embedder, new_session_pool
 
     texts = list(SAMPLE_SENTENCES)
-    vectors = Embedder("fp32", "cpu", home=home, pool=new_session_pool()).embed(texts)
+    return texts, Embedder("fp32", "cpu", home=home, pool=pool or new_session_pool()).embed(texts)
+
+
+def write_reference(out: Path, home: Path | None = None) -> int:
+    """``fp32_reference`` saved (``.npz``) for a ``check`` on a machine without the fp32 model."""
+    texts, vectors = fp32_reference(home)
     with out.open("wb") as fh:
         np.savez(fh, texts=np.array(texts), embeddings=vectors)
     return len(texts)
@@ -119,11 +131,7 @@ def run_check(
                 "max_norm_error": float(np.abs(norms - 1).max()),
             }
         )
-    if reference is not None:
-        sample, want = _reference_from(reference)
-    else:
-        sample = list(SAMPLE_SENTENCES)
-        want = Embedder("fp32", "cpu", home=home, pool=pool).embed(sample)
+    sample, want = _reference_from(reference) if reference is not None else fp32_reference(home, pool)
     cos = np.sum(embedder.embed(sample) * want, axis=1)
     ok = all(r["finite"] and r["max_norm_error"] < 1e-2 for r in rows) and float(cos.min()) > 0.99
     return {
