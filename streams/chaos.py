@@ -114,7 +114,7 @@ class ChaosResult(BaseModel):
     recovery_s: float | None = None
     recovery: str = Field(default="", description="What recovery_s measures in this scenario.")
     elapsed_s: float = 0.0
-    latency_ms: Percentiles = Field(default_factory=lambda: Percentiles(p50=0, p95=0, p99=0))
+    latency_ms: Percentiles = Field(default_factory=lambda: Percentiles.of([]))
     error_reasons: dict[str, int] = Field(default_factory=dict)
     checks: dict[str, bool] = Field(default_factory=dict)
     measurements: dict[str, float | int | str] = Field(default_factory=dict)

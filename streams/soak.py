@@ -21,8 +21,6 @@ from streams.bench import Percentiles
 from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.stack import Stack
 
-_PAGE_KB = 4
-
 
 class ProcessSample(BaseModel):
     name: str
