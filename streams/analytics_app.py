@@ -61,7 +61,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
     a = settings.analytics
     app = new_faust_app(
         settings,
-        f"{settings.worker.app_id}-analytics-{settings.kafka.topic_prefix}",
+        settings.analytics_group,
         stream_buffer_maxsize=max(4096, a.batch_size * 2),
     )
     publisher = FaustPublisher(app)

@@ -170,7 +170,7 @@ CACHE_TABLE = "cache"
 def changelog_topics(settings: Settings) -> list[str]:
     """The pipeline's table changelogs (compacted, co-partitioned with the requests topic)."""
     tables = [QUOTA_TABLE, CACHE_TABLE] if settings.cache.backend == "table" else [QUOTA_TABLE]
-    return [f"{settings.worker.app_id}-{settings.kafka.topic_prefix}-{t}-changelog" for t in tables]
+    return [f"{settings.pipeline_group}-{t}-changelog" for t in tables]
 
 
 def build_cache(
@@ -269,7 +269,7 @@ def build_app(settings: Settings) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)
     app = new_faust_app(
         settings,
-        f"{settings.worker.app_id}-{settings.kafka.topic_prefix}",
+        settings.pipeline_group,
         stream_buffer_maxsize=max(4096, settings.worker.max_in_flight * 4),
         web_enabled=settings.worker.web_port is not None,
         web_port=settings.worker.web_port or 6066,

@@ -1116,14 +1116,11 @@ def run_scenario(
         try:
             stack.start()
             stack.wait_ready(timeout_s=min(180.0, options.scenario_timeout_s))
-            group = f"{s.worker.app_id}-{prefix}"
             # traffic starts only once the groups are stable: a worker joining after the first answer would
             # rebalance the group mid-run, and the replays that causes would be counted against the fault
-            settled = wait_for_group(cfg.bootstrap, group, options.workers, stable_for_s=1.0)
+            settled = wait_for_group(cfg.bootstrap, s.pipeline_group, options.workers, stable_for_s=1.0)
             if stack.analytics:
-                settled = settled and wait_for_group(
-                    cfg.bootstrap, f"{s.worker.app_id}-analytics-{prefix}", 1, stable_for_s=1.0
-                )
+                settled = settled and wait_for_group(cfg.bootstrap, s.analytics_group, 1, stable_for_s=1.0)
             d = Deployment(stack=stack, settings=s, broker=cfg, tenants=tenants, options=options, run_id=run_id)
             ready_s = asyncio.run(probe_partitions(d))
             emulator_reset(stack.emulator_url)

@@ -215,6 +215,16 @@ class Settings(BaseSettings):
         return self.bootstrap or f"127.0.0.1:{self.kafka.port}"
 
     @property
+    def pipeline_group(self) -> str:
+        """The workers' Faust app id, which is their consumer group (and prefixes their table changelogs)."""
+        return f"{self.worker.app_id}-{self.kafka.topic_prefix}"
+
+    @property
+    def analytics_group(self) -> str:
+        """The analytics process's Faust app id and consumer group."""
+        return f"{self.worker.app_id}-analytics-{self.kafka.topic_prefix}"
+
+    @property
     def broker_data_dir(self) -> Path:
         """Where the embedded broker keeps its log segments."""
         return self.kafka.data_dir or self.home / "kafka" / f"data-{self.kafka.port}"

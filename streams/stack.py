@@ -183,7 +183,7 @@ class Stack:
 
     def wait_group(self, members: int, timeout_s: float = 120.0) -> float:
         """Wait until the pipeline's consumer group is stable with ``members`` workers (after adding some)."""
-        group = f"{self.settings.worker.app_id}-{self.settings.kafka.topic_prefix}"
+        group = self.settings.pipeline_group
         waited = wait_for_group(self.bootstrap, group, members, timeout_s=timeout_s, poll_s=0.5, check=self.check_alive)
         if waited is None:
             raise AifleetError(f"consumer group {group} did not settle with {members} members in {timeout_s:.0f}s")

@@ -1,7 +1,7 @@
 """Rebuild the analytics store from the usage topic: move the sink's consumer group back in time.
 
 The analytics process reads ``<prefix>.usage`` in its own consumer group
-(``<app_id>-analytics-<prefix>``, see ``streams.analytics_app``). ``reset_offsets`` moves that
+(``Settings.analytics_group``: ``<app_id>-analytics-<prefix>``). ``reset_offsets`` moves that
 group's committed offsets on the usage topic back to the first event at or after a point in time
 (``offsets_for_times``), or to the start of what the topic still retains, with the AdminClient's
 ``alter_consumer_group_offsets``. The next analytics process then re-reads every usage event from
@@ -53,11 +53,6 @@ class RebuildResult:
     def to_replay(self) -> int:
         """Events on the usage topic from the new offsets to the end, all partitions together."""
         return sum(p.to_replay for p in self.partitions)
-
-
-def analytics_group_id(settings: Settings) -> str:
-    """The analytics process's consumer group (its Faust app id, as ``streams.analytics_app`` builds it)."""
-    return f"{settings.worker.app_id}-analytics-{settings.kafka.topic_prefix}"
 
 
 def _describe(admin: Any, group: str, timeout_s: float) -> Any:
@@ -170,7 +165,7 @@ def rebuild(settings: Settings, *, since: datetime | None = None, timeout_s: flo
 
     return reset_offsets(
         settings.kafka_servers,
-        analytics_group_id(settings),
+        settings.analytics_group,
         Topics.from_settings(settings).usage,
         since=since,
         client_config=client_config(settings),

@@ -36,7 +36,7 @@ TopicOpt = Annotated[list[str] | None, typer.Option("--topic", help="Topic (repe
 
 def default_group(settings: Settings) -> str:
     """The workers' consumer group: the Faust app id."""
-    return f"{settings.worker.app_id}-{settings.kafka.topic_prefix}"
+    return settings.pipeline_group
 
 
 def default_topics(settings: Settings) -> list[str]:

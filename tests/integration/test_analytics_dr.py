@@ -32,7 +32,7 @@ from schemas.usage import UsageEvent
 from streams.analytics.client import resolve_backup_path, resolve_data_path
 from streams.analytics.endpoint import EndpointReader, read_advertisement
 from streams.analytics.errors import ConsumerGroupActive
-from streams.analytics.rebuild import analytics_group_id, rebuild
+from streams.analytics.rebuild import rebuild
 from streams.analytics.reports import report
 from streams.analytics.synthetic import synthetic_events
 from streams.bench import run_load
@@ -177,7 +177,7 @@ def _produced_event_ids(bootstrap: str, topic: str, partitions: int) -> set[str]
 
 def _lag(settings: Settings) -> int:
     return consumer_lag(
-        settings.kafka_servers, analytics_group_id(settings), [f"{settings.kafka.topic_prefix}.usage"]
+        settings.kafka_servers, settings.analytics_group, [f"{settings.kafka.topic_prefix}.usage"]
     ).total
 
 

@@ -27,7 +27,6 @@ from streams.analytics.errors import (
     RestoreTargetExists,
 )
 from streams.analytics.migrate import RenderOptions, migrate
-from streams.analytics.rebuild import analytics_group_id
 from streams.analytics.sink import UsageSink
 from streams.analytics.synthetic import synthetic_events
 from streams.settings import ClickHouseSettings, Settings, get_settings
@@ -213,7 +212,7 @@ def test_rebuild_moves_the_analytics_apps_own_group() -> None:
     from streams.analytics_app import build_analytics_app
 
     settings = Settings(kafka_bootstrap="127.0.0.1:1", worker={"app_id": "fleet"}, kafka={"topic_prefix": "eu"})
-    assert analytics_group_id(settings) == build_analytics_app(settings).conf.id == "fleet-analytics-eu"
+    assert settings.analytics_group == build_analytics_app(settings).conf.id == "fleet-analytics-eu"
 
 
 def test_rebuild_while_the_sink_runs_says_to_stop_it(monkeypatch: pytest.MonkeyPatch) -> None:
