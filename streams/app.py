@@ -29,7 +29,7 @@ from streams.cache.store import CacheStore, TableCacheStore
 from streams.catalog import Catalog, cached_catalog
 from streams.codec import dead_letter, reply_ids
 from streams.errors import ConfigError, InvalidRecord
-from streams.health_feed import HealthPublisher, follow_health
+from streams.health_feed import HealthPublisher, apply_to_board, follow_health
 from streams.providers.base import Provider
 from streams.providers.local import shared_embedder
 from streams.providers.registry import UnknownAdapter, build_provider
@@ -439,7 +439,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.task
     async def health_feed() -> None:
         await follow_health(
-            board, bootstrap=bootstrap, topic=topics.health, lookback_s=settings.resilience.breaker_recovery_s
+            apply_to_board(board),
+            bootstrap=bootstrap,
+            topic=topics.health,
+            lookback_s=settings.resilience.breaker_recovery_s,
         )
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -45,14 +46,47 @@ class HealthPublisher:
             log.warning("could not publish health transition for %s", event.provider, exc_info=True)
 
 
-async def follow_health(board: BreakerBoard, *, bootstrap: str, topic: str, lookback_s: float) -> None:
-    """Apply every health event on ``topic`` (from ``lookback_s`` ago on) to ``board``, forever."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+def apply_to_board(board: BreakerBoard) -> Callable[[ProviderHealth], None]:
+    """A ``follow_health`` callback that applies each event to ``board`` (and counts the ones that changed it)."""
+
+    def apply(event: ProviderHealth) -> None:
+        if board.apply(event):
+            observe_health(event)
+
+    return apply
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, *, retry_s: float = 1.0) -> list[TopicPartition]:
+    """Every partition of ``topic`` (the consumer subscribed to it without a group), waiting until it exists.
+
+    A group-less consumer holds no metadata for a topic it is not subscribed to: ``partitions_for_topic``
+    then returns None, and a feed that assigned from it would hear nothing, silently. A subscription
+    without a group is assigned every partition once the topic's metadata arrives.
+    """
+    waited = False
+    while True:
+        assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        if assigned:
+            return assigned
+        if not waited:
+            log.warning("waiting for the partitions of %s", topic)
+            waited = True
+        await asyncio.sleep(retry_s)
+
+
+async def follow_health(
+    apply: Callable[[ProviderHealth], None], *, bootstrap: str, topic: str, lookback_s: float
+) -> None:
+    """Hand every health event on ``topic`` (from ``lookback_s`` ago on) to ``apply``, forever.
+
+    No consumer group: every process that follows the feed sees every event, whichever worker published it.
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, metadata_max_age_ms=5_000
+    )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        tps = await topic_partitions(consumer, topic)
         since_ms = int((time.time() - lookback_s) * 1000)
         offsets = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
         for tp in tps:
@@ -67,10 +101,10 @@ async def follow_health(board: BreakerBoard, *, bootstrap: str, topic: str, look
                 for record in records:
                     try:
                         event = ProviderHealth.from_json(record.value)
-                        if board.apply(event):
-                            observe_health(event)
                     except (ValidationError, ValueError):
                         log.warning("ignoring a malformed health event at offset %s", record.offset)
+                        continue
+                    apply(event)
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
