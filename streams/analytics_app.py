@@ -20,19 +20,23 @@ import faust
 from pydantic import ValidationError
 
 from schemas.alert import Alert
-from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
+from streams.analytics.alerting import AlertLoop, AlertSource
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
-from streams.analytics.errors import AnalyticsUnavailable
+from streams.analytics.client import ClientReader, create_client
+from streams.analytics.errors import AnalyticsError, AnalyticsUnavailable
 from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
 from streams.app import FaustPublisher, new_faust_app, raw_topic
+from streams.catalog import cached_catalog
+from streams.health_feed import follow_health
 from streams.publisher import publish_all
 from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 WEBHOOK_QUEUE = 10_000  # alerts waiting for the webhook at most; beyond, they are only on the topic and table
+UNSTORED_MAX = 10_000  # alerts waiting for the alerts table at most; beyond, the oldest are only on the topic
 
 
 def alert_rules(settings: Settings) -> AlertRules:
@@ -45,6 +49,14 @@ def alert_rules(settings: Settings) -> AlertRules:
             cooldown=timedelta(seconds=a.alert_cooldown_s),
         ),
     )
+
+
+def alert_source(settings: Settings) -> AlertSource:
+    """Where the rate rules read from: ``auto`` is the stream on chDB (one process), the store on a server."""
+    source = settings.analytics.alert_source
+    if source == "auto":
+        return "stream" if settings.clickhouse.backend == "chdb" else "store"
+    return source
 
 
 def _decode_usage(raw: bytes | None) -> UsageEvent | None:
@@ -63,11 +75,21 @@ def build_analytics_app(settings: Settings) -> faust.App:
         settings,
         settings.analytics_group,
         stream_buffer_maxsize=max(4096, a.batch_size * 2),
+        topic_disable_leader=False,  # one analytics process (the holder of the leader topic) evaluates alerts
     )
     publisher = FaustPublisher(app)
     sink = UsageSink(settings.clickhouse, home=settings.home)
     window = UsageWindow(timedelta(seconds=a.alert_window_s))
-    engine = AlertEngine(alert_rules(settings))
+    loop = AlertLoop(
+        AlertEngine(alert_rules(settings)),
+        window,
+        open_reader=lambda: ClientReader(create_client(settings.clickhouse, home=settings.home)),
+        catalog=cached_catalog(settings.config_file),
+        source=alert_source(settings),
+        budget_every_s=a.alert_budget_every_s,
+        database=settings.clickhouse.database,
+    )
+    unstored: list[Alert] = []  # transitions the alerts table has not taken yet: retried with the next ones
     endpoint: list[Any] = []
     webhook_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=WEBHOOK_QUEUE)
 
@@ -102,24 +124,35 @@ def build_analytics_app(settings: Settings) -> faust.App:
                     log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(batch))
                     await asyncio.sleep(exc.retry_after_s or a.retry_backoff_s)
 
-    @app.agent(raw_topic(app, topics.health, settings), name="alert_health")
-    async def alert_health(stream: Any) -> None:
-        async for raw in stream:
-            try:
-                window.add_health(ProviderHealth.from_json(raw))
-            except (ValidationError, ValueError):
-                log.warning("skipping a malformed health event")
+    @app.task
+    async def alert_health() -> None:
+        """Every analytics process follows the whole health topic (no consumer group): the evaluator,
+        whichever it is, must know every provider's circuit."""
+        await follow_health(
+            window.add_health,
+            bootstrap=settings.kafka_servers,
+            topic=topics.health,
+            lookback_s=a.alert_window_s + settings.resilience.breaker_recovery_s,
+        )
 
     @app.timer(interval=a.alert_every_s)
     async def evaluate_alerts() -> None:
-        alerts = engine.evaluate(window.snapshot())
-        if not alerts:
-            return
-        await publish_all(publisher, [(topics.alerts, alert, alert.alert_id) for alert in alerts])
         try:
-            await sink.write_alerts(alerts)
+            alerts = await loop.step(leader=app.is_leader())
+        except AnalyticsError as exc:
+            log.warning("alert evaluation skipped: %s", exc)
+            return
+        if alerts:
+            await publish_all(publisher, [(topics.alerts, alert, alert.alert_id) for alert in alerts])
+        if not alerts and not unstored:
+            return
+        pending = [*unstored, *alerts]
+        try:
+            await sink.write_alerts(pending)
+            unstored.clear()
         except AnalyticsUnavailable:
-            log.warning("could not store %d alerts in ClickHouse; they are on the alerts topic", len(alerts))
+            unstored[:] = pending[-UNSTORED_MAX:]
+            log.warning("could not store %d alerts in ClickHouse yet; they are on the alerts topic", len(pending))
         if a.webhook_url is not None:
             for alert in alerts:
                 try:
@@ -147,6 +180,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
     async def _close(_app: Any, **_: Any) -> None:
         for ep in endpoint:
             await ep.stop()
+        loop.close()
         sink.close()
 
     return app

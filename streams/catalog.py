@@ -170,6 +170,13 @@ class Catalog(_Frozen):
             return hint
         return default
 
+    def monthly_budget_of(self, tenant: str, tier: str) -> float | None:
+        """USD per calendar month for a tenant: its own, else its tier's default (None: unlimited)."""
+        spec = self.tenants.get(tenant)
+        if spec is not None and spec.monthly_budget_usd is not None:
+            return spec.monthly_budget_usd
+        return self.tier(tier).monthly_budget_usd
+
     def cache_ttl_of(self, tenant: str, tier: Tier) -> float:
         """How long a tenant's cached answers live (0: not cached)."""
         spec = self.tenants.get(tenant)

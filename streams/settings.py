@@ -108,6 +108,13 @@ class AnalyticsSettings(_Section):
     alert_critical_after_s: float = Field(default=120.0, ge=0, description="...then this much longer: critical.")
     alert_cooldown_s: float = Field(default=600.0, ge=0, description="Quiet time after a resolution.")
     alert_min_requests: int = Field(default=20, ge=1, description="Fewer requests in the window: no rate rules.")
+    alert_source: Literal["auto", "stream", "store"] = Field(
+        default="auto",
+        description="What the rate rules read: 'stream', this process's window of the usage topic (complete only "
+        "when one analytics process runs, as chDB requires); 'store', the usage table in ClickHouse (complete "
+        "however many run). 'auto': stream on chDB, store on a server.",
+    )
+    alert_budget_every_s: float = Field(default=60.0, gt=0, description="How often tenant spend is re-read.")
     webhook_url: SecretStr | None = Field(default=None, description="Slack-compatible webhook for alerts.")
     query_port: int = Field(default=0, ge=0, description="Embedded mode: port of the read-only query endpoint.")
 

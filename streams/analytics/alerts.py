@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -201,6 +201,32 @@ class AlertEngine:
         """alert_id -> severity of every alert currently firing."""
         return {f"{r}:{s}": st.severity for (r, s), st in self._states.items() if st.severity is not None}
 
+    def restore(self, last: Iterable[Alert]) -> int:
+        """Resume from each alert's last stored transition (after a restart or a change of leader).
+
+        A firing alert is firing again, with its severity and start, so it is neither fired twice nor
+        left unresolved when its condition has cleared meanwhile: the next ``evaluate`` resolves it. A
+        resolution still inside its cooldown keeps the alert from re-firing until the cooldown ends.
+        Alerts this engine already tracks keep their state. Returns how many alerts were restored.
+        """
+        now = self.clock()
+        restored = 0
+        for alert in last:
+            key = (alert.rule, alert.subject)
+            if key in self._states:
+                continue
+            if alert.status == "firing":
+                fixed = alert.severity if alert.rule == "tenant_budget" else None
+                cond = Condition(alert.rule, alert.subject, alert.value, alert.threshold, alert.message, severity=fixed)
+                self._states[key] = _State(since=alert.started_at, severity=alert.severity, condition=cond)
+                restored += 1
+            else:
+                until = alert.ts + self.rules.for_rule(alert.rule).cooldown
+                if until > now:
+                    self._cooldown_until[key] = until
+                    restored += 1
+        return restored
+
     def evaluate(self, snapshot: Snapshot) -> list[Alert]:
         """Apply one snapshot at ``clock()``; return the transitions (fired, escalated, resolved)."""
         now = self.clock()
@@ -318,10 +344,12 @@ class UsageWindow:
             if e.status != "cached":
                 latency.setdefault(e.provider, []).append(e.latency_ms)
         providers = {p: ProviderStats(p, n, errors[p], _p95(latency.get(p, [])), cost[p]) for p, n in requests.items()}
-        unhealthy = {
-            p: h.reason or f"circuit {h.state}" for p, h in self._health.items() if h.state in ("open", "half_open")
-        }
-        return Snapshot(providers, unhealthy, dict(spend_usd or {}), dict(budgets_usd or {}))
+        return Snapshot(providers, self.unhealthy(), dict(spend_usd or {}), dict(budgets_usd or {}))
+
+    def unhealthy(self) -> dict[str, str]:
+        """provider -> reason, for every provider whose latest circuit state is open or half-open."""
+        failing = ("open", "half_open")
+        return {p: h.reason or f"circuit {h.state}" for p, h in self._health.items() if h.state in failing}
 
 
 def snapshot_from_store(
@@ -329,13 +357,13 @@ def snapshot_from_store(
     *,
     now: datetime,
     window: timedelta = timedelta(minutes=5),
-    budget_period_start: datetime | None = None,
+    spend_usd: Mapping[str, float] | None = None,
     budgets_usd: Mapping[str, float] | None = None,
     unhealthy: Mapping[str, str] | None = None,
     database: str = "aifleet",
 ) -> Snapshot:
-    """A snapshot computed in ClickHouse (deduplicated): provider window stats and tenant spend."""
-    from streams.analytics.reports import provider_window, tenant_spend
+    """A snapshot whose provider stats are computed in ClickHouse (deduplicated, every process's events)."""
+    from streams.analytics.reports import provider_window
 
     rows = provider_window(reader, now - window, now, database=database)
     providers = {
@@ -344,10 +372,7 @@ def snapshot_from_store(
         )
         for r in rows
     }
-    spend: dict[str, float] = {}
-    if budget_period_start is not None:
-        spend = {t: float(c) for t, c in tenant_spend(reader, budget_period_start, database=database).items()}
-    return Snapshot(providers, dict(unhealthy or {}), spend, dict(budgets_usd or {}))
+    return Snapshot(providers, dict(unhealthy or {}), dict(spend_usd or {}), dict(budgets_usd or {}))
 
 
 __all__ = [

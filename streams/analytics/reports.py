@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import orjson
 
+from schemas.alert import Alert
 from streams.analytics.client import Reader, check_identifier, rows_as_dicts
 from streams.analytics.errors import InvalidReportRequest
 
@@ -162,11 +163,15 @@ def report(
     return run_report(reader, request, database=database)
 
 
+def tenant_spend_rows(reader: Reader, since: datetime, *, database: str = "aifleet") -> list[tuple[str, str, Decimal]]:
+    """(tenant, tier of its latest event, spend) since ``since``: what budget alerting compares with budgets."""
+    _, rows = reader.query_rows(load_sql("tenant_spend", database), {"since": _params(since, since)["since"]})
+    return [(str(t), str(tier), Decimal(str(c))) for t, tier, c in rows]
+
+
 def tenant_spend(reader: Reader, since: datetime, *, database: str = "aifleet") -> dict[str, Decimal]:
-    """Spend per tenant since ``since`` (to seed budget alerting)."""
-    sql = load_sql("tenant_spend", database)
-    _, rows = reader.query_rows(sql, {"since": _params(since, since)["since"]})
-    return {str(t): Decimal(str(c)) for t, c in rows}
+    """Spend per tenant since ``since``."""
+    return {t: c for t, _, c in tenant_spend_rows(reader, since, database=database)}
 
 
 def provider_window(
@@ -181,6 +186,16 @@ def alert_history(reader: Reader, since: datetime, *, database: str = "aifleet")
     """Alert transitions stored since ``since`` (firing, escalated, resolved), oldest first."""
     columns, rows = reader.query_rows(load_sql("alert_history", database), {"since": _params(since, since)["since"]})
     return rows_as_dicts(columns, rows)
+
+
+def latest_alerts(reader: Reader, since: datetime, *, database: str = "aifleet") -> list[Alert]:
+    """The last stored transition of every alert since ``since`` (an alerting agent resumes from these)."""
+    columns, rows = reader.query_rows(load_sql("alert_state", database), {"since": _params(since, since)["since"]})
+    aware = [
+        {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in row.items()}
+        for row in rows_as_dicts(columns, rows)
+    ]
+    return [Alert.model_validate(row) for row in aware]
 
 
 # -- rendering ------------------------------------------------------------------------------

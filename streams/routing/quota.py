@@ -121,10 +121,7 @@ class QuotaLedger:
 
     def monthly_budget(self, tenant: str, tier: str) -> float | None:
         """USD per calendar month for this tenant (its own, else its tier's default; None: unlimited)."""
-        spec = self._catalog.tenants.get(tenant)
-        if spec is not None and spec.monthly_budget_usd is not None:
-            return spec.monthly_budget_usd
-        return self._catalog.tier(tier).monthly_budget_usd
+        return self._catalog.monthly_budget_of(tenant, tier)
 
     # -- records -----------------------------------------------------------------------------------
     def _record(self, tenant: str, now: datetime) -> dict[str, Any]:

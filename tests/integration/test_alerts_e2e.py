@@ -1,7 +1,9 @@
 """An alert fires, escalates and resolves, end to end: a provider fails under steady traffic, the
 analytics process raises the alert, and every transition shows up, in order, on the alerts topic,
 in the ClickHouse ``alerts`` table (read through the analytics process's query endpoint) and at
-a webhook receiver started here. Then the provider heals and the alert resolves in all three.
+a webhook receiver started here. The analytics process is restarted while the alerts are critical;
+the new one resumes from the table, so nothing fires twice. Then the provider heals and the alerts
+resolve in all three places. A tenant with a small monthly budget gets its 80 % warning, once.
 
 Alert timings are shortened through the environment (evaluation every second, warning after 2 s,
 critical 3 s later, a 10 s window), so the whole scenario takes well under a minute of traffic.
@@ -31,7 +33,7 @@ from streams.analytics.client import resolve_data_path
 from streams.analytics.endpoint import EndpointReader, read_advertisement
 from streams.analytics.reports import alert_history
 from streams.client import AifleetClient, ClientTimeout
-from streams.settings import Settings
+from streams.settings import BENCH_CONFIG_FILE, Settings
 from tests.fixtures.pipeline import patched_env, pipeline_env, running_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -53,7 +55,17 @@ ALERT_ENV = {
     # as in production (a probe a minute, a 5-minute window, 20 requests to judge a rate)
     "AIFLEET_RESILIENCE__BREAKER_RECOVERY_S": "5",
     "AIFLEET_RESILIENCE__RETRY_BASE_DELAY_S": "0.05",
+    "AIFLEET_ANALYTICS__ALERT_BUDGET_EVERY_S": "1",
 }
+THRIFTY = "thrifty"  # a tenant whose budget the test spends past 80 % (the gate stops it short of 100 %)
+BUDGET_WARNING = f"tenant_budget:{THRIFTY}"
+BUDGET_USD = 0.0005  # ~20 answers of ~24 tokens; the gate admits a request only if its estimate still fits
+THRIFTY_CATALOG = f"""
+
+[tenants.{THRIFTY}]
+tier = "enterprise"
+monthly_budget_usd = {BUDGET_USD}
+"""
 RATE_PER_S = 10.0
 OUTAGE_HOLD_S = 15.0  # the provider stays down this long after the escalation: longer than the window
 PHASE_TIMEOUT_S = 60.0
@@ -209,14 +221,38 @@ def _profile(emulator: str, provider: str, **profile: object) -> None:
     httpx.post(f"{emulator}/_emulator/profile/{provider}", json=profile, timeout=5).raise_for_status()
 
 
+async def _spend_budget(client: AifleetClient, run: str, observed: Observed) -> int:
+    """Ask as the thrifty tenant until its budget warning shows everywhere; returns the answers it got."""
+    answered = 0
+    t0 = time.monotonic()
+    i = 0
+    while not observed.has(BUDGET_WARNING, FIRE):
+        if time.monotonic() - t0 > PHASE_TIMEOUT_S:
+            raise AssertionError(f"no budget warning after {answered} answers; observed {observed}")
+        response = await client.ask(f"budget drill {run} question {i}", tenant=THRIFTY, max_tokens=16, timeout=15.0)
+        answered += response.status == "ok"
+        i += 1
+        if response.status != "ok":
+            await asyncio.sleep(0.2)  # past the budget: wait for the warning
+    return answered
+
+
 async def test_failing_provider_alert_fires_escalates_and_resolves_everywhere(
-    kafka_bootstrap: str, aifleet_home: Path
+    kafka_bootstrap: str, aifleet_home: Path, tmp_path: Path
 ) -> None:
     observed = Observed()
     run = uuid.uuid4().hex[:6]
     test_started = utc_now() - timedelta(seconds=1)
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(BENCH_CONFIG_FILE.read_text() + THRIFTY_CATALOG)
     async with webhook_receiver(observed) as hook_url:
-        env = pipeline_env(kafka_bootstrap, aifleet_home, **ALERT_ENV, AIFLEET_ANALYTICS__WEBHOOK_URL=hook_url)
+        env = pipeline_env(
+            kafka_bootstrap,
+            aifleet_home,
+            **ALERT_ENV,
+            AIFLEET_ANALYTICS__WEBHOOK_URL=hook_url,
+            AIFLEET_CONFIG_FILE=str(catalog),
+        )
         prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
         with patched_env(env):
             settings = Settings()
@@ -228,12 +264,14 @@ async def test_failing_provider_alert_fires_escalates_and_resolves_everywhere(
                 asyncio.create_task(_poll_table(settings, test_started, observed)),
             ]
             async with AifleetClient(kafka_bootstrap, topic_prefix=prefix) as client:
+                thrifty_answers = await _spend_budget(client, run, observed)
                 driver = asyncio.create_task(_drive(client, traffic, run))
                 try:
                     await asyncio.sleep(6.0)  # healthy traffic fills the window: nothing may fire
                     assert traffic.ok > 0, traffic
                     healthy_ok = traffic.ok
-                    assert not [s for seen in observed.places().values() for s in seen], observed
+                    provider_alerts = [s for seen in observed.places().values() for s in seen if s.alert_id in WATCHED]
+                    assert not provider_alerts, observed
 
                     fault_at = time.monotonic()
                     _profile(stack.emulator_url, PROVIDER, error_rates={"500": 1.0})
@@ -244,7 +282,11 @@ async def test_failing_provider_alert_fires_escalates_and_resolves_everywhere(
                             f"{alert_id} critical in the topic, the table and the webhook",
                             observed,
                         )
-                    await asyncio.sleep(OUTAGE_HOLD_S)  # still down: nothing may resolve meanwhile
+                    restart_at = time.monotonic()
+                    [analytics] = [c for c in stack.children if c.name == "analytics"]
+                    stack.terminate(analytics)  # the new process must resume these alerts, not fire them again
+                    stack.add_analytics()
+                    await asyncio.sleep(max(0.0, OUTAGE_HOLD_S - (time.monotonic() - restart_at)))
                     failing_errors = traffic.errors
                     early = [s for seen in observed.places().values() for s in seen if s.status == "resolved"]
                     assert not early, f"resolved while the provider was still failing: {early}"
@@ -268,7 +310,9 @@ async def test_failing_provider_alert_fires_escalates_and_resolves_everywhere(
 
     print(
         f"\ntraffic: {traffic.ok} ok ({healthy_ok} before the fault), {traffic.errors} errors "
-        f"({failing_errors} by the end of the outage), {traffic.timeouts} timeouts"
+        f"({failing_errors} by the end of the outage), {traffic.timeouts} timeouts; "
+        f"{thrifty_answers} answers to {THRIFTY} before its budget warning; analytics restarted "
+        f"{restart_at - fault_at:.1f} s after the fault"
     )
     for alert_id in WATCHED:
         for place, seen in observed.places().items():
@@ -283,5 +327,7 @@ async def test_failing_provider_alert_fires_escalates_and_resolves_everywhere(
     for alert_id in WATCHED:
         for place, seen in observed.places().items():
             assert _sequence(seen, alert_id) == LIFECYCLE, (alert_id, place, seen)
-    others = {s.alert_id for seen in observed.places().values() for s in seen} - set(WATCHED)
+    for place, seen in observed.places().items():
+        assert _sequence(seen, BUDGET_WARNING) == [FIRE], (place, seen)  # once, restart or not
+    others = {s.alert_id for seen in observed.places().values() for s in seen} - {*WATCHED, BUDGET_WARNING}
     assert not others, f"unexpected alerts: {others}"

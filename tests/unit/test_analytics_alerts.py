@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from schemas.alert import Alert
 from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
 from streams.analytics.alerts import (
@@ -222,3 +223,70 @@ def test_few_calls_on_a_closed_circuit_still_clear_a_rate_alert() -> None:
     clock.advance(minutes=1)
     # an open circuit with no calls invents no rate alert where there was none: only its health alert fires
     assert {a.rule for a in engine.evaluate(Snapshot(unhealthy={"azure": "circuit open"}))} == {"provider_unhealthy"}
+
+
+def stored(rule: str, subject: str, severity: str, status: str, *, started: datetime, at: datetime) -> Alert:
+    """A transition as the alerts table returns it."""
+    return Alert(
+        alert_id=f"{rule}:{subject}",
+        rule=rule,
+        subject=subject,
+        severity=severity,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        value=0.10,
+        threshold=0.05,
+        message=f"{subject}: error rate 10.0% over 100 requests (> 5%)",
+        started_at=started,
+        ts=at,
+    )
+
+
+def test_restore_resumes_a_firing_alert_without_refiring_and_escalates_on_its_schedule() -> None:
+    clock = Clock(T0 + timedelta(minutes=6))
+    engine = AlertEngine(clock=clock)
+    last = stored("provider_error_rate", "openai", "warning", "firing", started=T0, at=T0 + timedelta(minutes=5))
+    assert engine.restore([last]) == 1
+    assert engine.firing == {"provider_error_rate:openai": "warning"}
+    assert engine.evaluate(failing()) == []  # still a warning: not fired a second time
+    clock.advance(minutes=1)  # 7 minutes since the condition began, before the restart
+    [critical] = engine.evaluate(failing())
+    assert (critical.severity, critical.status, critical.started_at) == ("critical", "firing", T0)
+
+
+def test_restore_resolves_an_alert_whose_condition_cleared_while_the_process_was_down() -> None:
+    clock = Clock(T0 + timedelta(minutes=20))
+    engine = AlertEngine(clock=clock)
+    last = stored("provider_error_rate", "openai", "critical", "firing", started=T0, at=T0 + timedelta(minutes=7))
+    engine.restore([last])
+    [resolved] = engine.evaluate(HEALTHY)
+    assert (resolved.alert_id, resolved.severity, resolved.status) == (
+        "provider_error_rate:openai",
+        "critical",
+        "resolved",
+    )
+    assert resolved.started_at == T0 and resolved.message == f"resolved: {last.message}"
+    assert engine.firing == {} and engine.evaluate(HEALTHY) == []
+
+
+def test_restore_keeps_a_recent_resolution_cooling_down_and_ignores_old_ones() -> None:
+    clock = Clock(T0 + timedelta(minutes=25))
+    engine = AlertEngine(clock=clock)  # cooldown 10 minutes
+    recent = stored("tenant_budget", "acme", "warning", "resolved", started=T0, at=T0 + timedelta(minutes=20))
+    old = stored("tenant_budget", "globex", "warning", "resolved", started=T0, at=T0 - timedelta(hours=1))
+    assert engine.restore([recent, old]) == 1
+    over = Snapshot(spend_usd={"acme": 90.0, "globex": 90.0}, budgets_usd={"acme": 100.0, "globex": 100.0})
+    [globex] = engine.evaluate(over)  # budget alerts fire at once, unless cooling down
+    assert globex.subject == "globex"
+    clock.advance(minutes=5)  # acme's cooldown ends 10 minutes after its resolution
+    [acme] = engine.evaluate(over)
+    assert (acme.subject, acme.severity, acme.status) == ("acme", "warning", "firing")
+
+
+def test_restore_leaves_alerts_the_engine_already_tracks() -> None:
+    clock = Clock()
+    engine = AlertEngine(AlertRules(escalation=Escalation(warn_after=timedelta(0))), clock=clock)
+    [fired] = engine.evaluate(failing())
+    assert fired.severity == "warning"
+    stale = stored("provider_error_rate", "openai", "critical", "resolved", started=T0, at=T0)
+    assert engine.restore([stale]) == 0
+    assert engine.firing == {"provider_error_rate:openai": "warning"}

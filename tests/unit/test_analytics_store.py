@@ -16,11 +16,14 @@ import pytest
 
 from schemas.alert import Alert
 from schemas.usage import UsageEvent
+from streams.analytics.alerting import AlertLoop, budget_inputs, month_start
+from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.client import ClientReader, create_client
 from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
 from streams.analytics.migrate import RenderOptions, applied_versions, migrate
 from streams.analytics.reports import ReportRequest, alert_history, render, report, run_report
 from streams.analytics.sink import UsageSink
+from streams.catalog import Catalog, TenantSpec
 from streams.settings import ClickHouseSettings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -293,3 +296,123 @@ def test_report_rejects_empty_window(store: tuple[ClickHouseSettings, Any]) -> N
     reader = ClientReader(client, owns_client=False)
     with pytest.raises(InvalidReportRequest):
         run_report(reader, ReportRequest("cost", NOW, NOW - timedelta(hours=1)), database=settings.database)
+
+
+class StepClock:
+    """The engine's wall clock and the loop's monotonic clock, moved together."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.mono = 0.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, **kw: float) -> None:
+        step = timedelta(**kw)
+        self.now += step
+        self.mono += step.total_seconds()
+
+
+def spend_events(prefix: str, tenant: str, n: int, cost: float, *, status: str = "ok") -> list[UsageEvent]:
+    return [
+        UsageEvent(
+            event_id=f"{prefix}-{i}:1",
+            request_id=f"{prefix}-{i}",
+            tenant=tenant,
+            tier="enterprise",
+            provider="openai",
+            model="gpt-4o-mini",
+            status=status,  # type: ignore[arg-type]
+            cost_usd=cost,
+            latency_ms=120.0,
+            ts=NOW - timedelta(seconds=30),
+        )
+        for i in range(n)
+    ]
+
+
+def test_alerting_resumes_from_the_alerts_table_and_judges_budgets_and_rates_from_the_store(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    """Three 'processes' in turn (a fresh engine each), all reading the real store: a budget alert fires
+    once, survives a restart without firing again, escalates, and resolves after a restart once the
+    month it counted is over. Rate rules read the usage table (what every analytics process writes)."""
+    settings, client = store
+    sink = UsageSink(settings, client=client)
+    catalog = Catalog(
+        providers={},
+        tenants={"thrifty": TenantSpec(tier="enterprise", monthly_budget_usd=1.0)},  # enterprise: no default budget
+    )
+    rules = AlertRules(
+        min_requests=5,
+        cost_per_request_usd=100.0,  # these calls are dear on purpose: only budgets and error rates are under test
+        escalation=Escalation(warn_after=timedelta(0), critical_after=timedelta(0)),
+    )
+    clock = StepClock(NOW)
+
+    def process() -> AlertLoop:
+        return AlertLoop(
+            AlertEngine(rules, clock=clock),
+            UsageWindow(timedelta(minutes=5), clock=clock),
+            open_reader=lambda: ClientReader(client, owns_client=False),
+            catalog=catalog,
+            source="store",
+            budget_every_s=60.0,
+            database=settings.database,
+            monotonic=clock.monotonic,
+        )
+
+    def step(loop: AlertLoop, *, leader: bool = True) -> list[tuple[str, str, str]]:
+        alerts = asyncio.run(loop.step(leader=leader))
+        sink.write_alerts_sync(alerts)
+        return [(a.alert_id, a.severity, a.status) for a in alerts]
+
+    sink.write_sync(spend_events("thrifty-a", "thrifty", 9, 0.1) + spend_events("big", "unlimited", 5, 10.0))
+    first = process()
+    assert step(first, leader=False) == []  # not the evaluator: nothing read, nothing emitted
+    assert step(first) == [("tenant_budget:thrifty", "warning", "firing")]  # $0.90 of $1.00
+    assert step(first) == []
+
+    second = process()  # a restart: resumes the firing warning instead of sending it again
+    assert step(second) == []
+    sink.write_sync(spend_events("thrifty-b", "thrifty", 2, 0.1))  # $1.10
+    clock.advance(seconds=30)
+    assert step(second) == []  # spend is re-read once a minute
+    clock.advance(seconds=31)
+    assert step(second) == [("tenant_budget:thrifty", "critical", "firing")]
+
+    sink.write_sync(spend_events("failing", "other", 10, 0.0, status="error"))  # all errors: a rate alert
+    assert step(second) == [("provider_error_rate:openai", "critical", "firing")]
+
+    clock.advance(days=35)  # a new month: no spend yet; the failing calls have left the window
+    third = process()
+    assert sorted(step(third)) == [
+        ("provider_error_rate:openai", "critical", "resolved"),
+        ("tenant_budget:thrifty", "critical", "resolved"),
+    ]
+    assert step(third) == []
+    reader = ClientReader(client, owns_client=False)
+    history = alert_history(reader, NOW - timedelta(hours=1), database=settings.database)
+    assert [(r["alert_id"], r["severity"], r["status"]) for r in history if r["rule"] == "tenant_budget"] == [
+        ("tenant_budget:thrifty", "warning", "firing"),
+        ("tenant_budget:thrifty", "critical", "firing"),
+        ("tenant_budget:thrifty", "critical", "resolved"),
+    ]
+
+
+def test_budget_inputs_use_the_tenants_own_budget_else_its_tiers() -> None:
+    catalog = Catalog(
+        providers={},
+        tenants={"pinned": TenantSpec(tier="pro", monthly_budget_usd=5.0), "open": TenantSpec(tier="enterprise")},
+    )
+    rows = [("pinned", "pro", Decimal("4.5")), ("open", "enterprise", Decimal("99")), ("walk-in", "free", Decimal("1"))]
+    spend, budgets = budget_inputs(rows, catalog)
+    free_budget = catalog.tier("free").monthly_budget_usd
+    assert budgets["pinned"] == 5.0 and spend["pinned"] == 4.5
+    assert "open" not in budgets  # enterprise has no default budget: nothing to alert on
+    assert (budgets.get("walk-in"), spend.get("walk-in")) == ((free_budget, 1.0) if free_budget else (None, None))
+    assert month_start(datetime(2026, 11, 29, 9, 30, tzinfo=UTC)) == datetime(2026, 11, 1, tzinfo=UTC)
