@@ -33,6 +33,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from streams.redact import looks_like_key
+
 if TYPE_CHECKING:
     from streams.ops.lag import LagReport
 
@@ -49,8 +51,6 @@ CIRCUIT_STATE_VALUE: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
-# Shapes of provider credentials: never let one become a label, even by accident.
-_KEY_LIKE = re.compile(r"^(sk-|sk_|xai-|hf_|gsk_|AKIA)|^[A-Za-z0-9]{32,}$")
 
 INVALID = "invalid"
 REDACTED = "redacted"
@@ -62,7 +62,7 @@ def safe_label(value: object) -> str:
     text = str(value.value if hasattr(value, "value") else value)
     if not _SAFE_LABEL.match(text):
         return INVALID
-    if _KEY_LIKE.search(text):
+    if looks_like_key(text):  # a provider credential must never become a label, even by accident
         return REDACTED
     return text
 

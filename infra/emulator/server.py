@@ -226,6 +226,16 @@ def _content_filter_reply(wire: Wire) -> web.Response | None:
     return None
 
 
+def _incorrect_key_message(request: web.Request) -> str:
+    """OpenAI's 401 text: it quotes the presented key with the middle masked."""
+    key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    shown = f"{key[:8]}{'*' * max(len(key) - 12, 0)}{key[-4:]}" if len(key) > 12 else key
+    return (
+        f"Incorrect API key provided: {shown}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys."
+    )
+
+
 async def _apply_fault(
     state: EmulatorState, provider: str, request: web.Request, wire: Wire = OPENAI
 ) -> tuple[web.StreamResponse | None, Fault, float]:
@@ -238,6 +248,8 @@ async def _apply_fault(
     if delay:
         await asyncio.sleep(delay)
     if fault == "status":
+        if status == 401 and wire.name == "openai":  # OpenAI quotes the key it refused, partly masked
+            return wire.error(401, _incorrect_key_message(request)), fault, delay
         return wire.error(status, f"emulated HTTP {status}"), fault, delay
     if fault == "rate_limit":
         resp = wire.error(429, "emulated rate limit")

@@ -28,6 +28,7 @@ from streams.errors import (
     StreamInterrupted,
 )
 from streams.providers.base import StreamDelta, StreamEnd, StreamEvent
+from streams.redact import redact_keys
 
 REQUEST_ID_HEADER = "X-Aifleet-Request-Id"
 """Sent on every provider call so the emulator (and provider-side logs) can count calls per request."""
@@ -89,12 +90,12 @@ def _error_text(body: bytes) -> tuple[str, str]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return "", body[:300].decode("utf-8", "replace")
+        return "", redact_keys(body[:300].decode("utf-8", "replace"))
     err = doc.get("error", doc) if isinstance(doc, dict) else {}
     if not isinstance(err, dict):
-        return "", str(err)[:300]
+        return "", redact_keys(str(err)[:300])
     code = str(err.get("code") or err.get("type") or "")
-    return code, str(err.get("message") or "")[:500]
+    return redact_keys(code), redact_keys(str(err.get("message") or "")[:500])
 
 
 def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> NoReturn:
