@@ -4,7 +4,7 @@ consumer groups settled before traffic is measured."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -19,9 +19,13 @@ def ensure_topics(
     replication_factor: int = 1,
     timeout_s: float = 30.0,
     config: dict[str, str] | None = None,
+    client_config: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created. Existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create the topics that do not exist yet; return the ones created. Existing ones are left as they are.
+
+    ``client_config``: librdkafka settings for a secured cluster (``streams.kafka_auth.librdkafka_config``).
+    """
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
@@ -51,13 +55,14 @@ def wait_for_group(
     stable_for_s: float = 0.0,
     poll_s: float = 0.25,
     check: Callable[[], None] | None = None,
+    client_config: Mapping[str, str] | None = None,
 ) -> float | None:
     """Wait until ``group`` is stable with ``members`` members (for ``stable_for_s`` in a row, so not just in
     between two rebalances); seconds waited, or None when it never was. ``check`` runs on every poll (it may
     raise, say when a member died). A failed describe (the group may not exist yet) counts as not stable."""
     from confluent_kafka import ConsumerGroupState
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     started = time.monotonic()
     stable_since: float | None = None
     while time.monotonic() - started < timeout_s:

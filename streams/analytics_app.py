@@ -30,6 +30,7 @@ from streams.analytics.sink import UsageSink
 from streams.app import FaustPublisher, new_faust_app, raw_topic
 from streams.catalog import cached_catalog
 from streams.health_feed import follow_health
+from streams.kafka_auth import aiokafka_options
 from streams.publisher import publish_all
 from streams.settings import Settings
 from streams.topics import Topics
@@ -133,6 +134,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
             bootstrap=settings.kafka_servers,
             topic=topics.health,
             lookback_s=a.alert_window_s + settings.resilience.breaker_recovery_s,
+            kafka_options=aiokafka_options(settings),
         )
 
     @app.timer(interval=a.alert_every_s)

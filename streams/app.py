@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 from collections.abc import Awaitable, Iterator, MutableMapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from streams.catalog import Catalog, cached_catalog
 from streams.codec import dead_letter, reply_ids
 from streams.errors import ConfigError, InvalidRecord
 from streams.health_feed import HealthPublisher, apply_to_board, follow_health
+from streams.kafka_auth import aiokafka_options, faust_credentials
 from streams.providers.base import Provider
 from streams.providers.local import shared_embedder
 from streams.providers.registry import UnknownAdapter, build_provider
@@ -239,7 +239,7 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
         "web_enabled": False,
         "store": "memory://",
         "topic_disable_leader": True,
-        "broker_credentials": _credentials(settings),
+        "broker_credentials": faust_credentials(settings),
     }
     conf.update(overrides)
     if "datadir" not in overrides:  # faust's default is "<app id>-data" in the working directory: use home
@@ -443,6 +443,7 @@ def build_app(settings: Settings) -> faust.App:
             bootstrap=bootstrap,
             topic=topics.health,
             lookback_s=settings.resilience.breaker_recovery_s,
+            kafka_options=aiokafka_options(settings),
         )
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -458,17 +459,3 @@ def build_app(settings: Settings) -> faust.App:
             await p.aclose()
 
     return app
-
-
-def _credentials(settings: Settings) -> Any:
-    k = settings.kafka
-    if k.security_protocol == "PLAINTEXT":
-        return None
-    if k.sasl_mechanism and k.sasl_username and k.sasl_password:
-        return faust.SASLCredentials(
-            username=k.sasl_username,
-            password=k.sasl_password.get_secret_value(),
-            mechanism=k.sasl_mechanism,
-            ssl_context=ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
-        )
-    return faust.SSLCredentials(ssl.create_default_context())

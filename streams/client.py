@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any, Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -53,8 +53,13 @@ class AifleetClient:
         reply_topic: str | None = None,
         partitions: int = 4,
         linger_ms: int = 2,
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``kafka_options``: aiokafka security arguments for a secured cluster
+        (``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``,
+        ``ssl_context``; ``streams.kafka_auth.aiokafka_options(settings)`` builds them from settings)."""
         self._bootstrap = bootstrap
+        self._kafka_options = dict(kafka_options or {})
         self._prefix = topic_prefix
         self.requests_topic = f"{topic_prefix}.requests"
         self.reply_topic = reply_topic or f"{topic_prefix}.responses"
@@ -81,6 +86,7 @@ class AifleetClient:
             acks="all",
             enable_idempotence=True,
             max_request_size=16 * 1024 * 1024,
+            **self._kafka_options,
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -90,6 +96,7 @@ class AifleetClient:
             fetch_max_wait_ms=20,
             max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
+            **self._kafka_options,
         )
         await self._consumer.start()
         tps = [
@@ -114,7 +121,7 @@ class AifleetClient:
         raise AifleetError(f"topic {topic} has no partitions visible to the client")
 
     async def _ensure_topics(self, names: list[str]) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **self._kafka_options)
         await admin.start()
         try:
             existing = set(await admin.list_topics())

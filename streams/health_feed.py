@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -75,14 +76,24 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, *, retry_s: f
 
 
 async def follow_health(
-    apply: Callable[[ProviderHealth], None], *, bootstrap: str, topic: str, lookback_s: float
+    apply: Callable[[ProviderHealth], None],
+    *,
+    bootstrap: str,
+    topic: str,
+    lookback_s: float,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Hand every health event on ``topic`` (from ``lookback_s`` ago on) to ``apply``, forever.
 
     No consumer group: every process that follows the feed sees every event, whichever worker published it.
     """
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, metadata_max_age_ms=5_000
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        metadata_max_age_ms=5_000,
+        **(kafka_options or {}),  # streams.kafka_auth.aiokafka_options: SASL/SSL
     )
     await consumer.start()
     try:

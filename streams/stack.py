@@ -24,6 +24,7 @@ from rich.console import Console
 from infra.kafka import broker
 from streams.admin import ensure_topics, wait_for_group
 from streams.errors import AifleetError
+from streams.kafka_auth import aiokafka_options, librdkafka_config
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -107,6 +108,7 @@ class Stack:
             Topics.from_settings(s).all(),
             partitions=s.kafka.partitions,
             replication_factor=s.kafka.replication_factor,
+            client_config=librdkafka_config(s),
         )
         if s.provider_base_url:
             self.emulator_url = s.provider_base_url
@@ -150,7 +152,10 @@ class Stack:
             t0 = time.monotonic()
             s = self.settings
             async with AifleetClient(
-                self.bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions
+                self.bootstrap,
+                topic_prefix=s.kafka.topic_prefix,
+                partitions=s.kafka.partitions,
+                kafka_options=aiokafka_options(s),
             ) as client:
                 while time.monotonic() - t0 < timeout_s:
                     self.check_alive()
@@ -184,7 +189,15 @@ class Stack:
     def wait_group(self, members: int, timeout_s: float = 120.0) -> float:
         """Wait until the pipeline's consumer group is stable with ``members`` workers (after adding some)."""
         group = self.settings.pipeline_group
-        waited = wait_for_group(self.bootstrap, group, members, timeout_s=timeout_s, poll_s=0.5, check=self.check_alive)
+        waited = wait_for_group(
+            self.bootstrap,
+            group,
+            members,
+            timeout_s=timeout_s,
+            poll_s=0.5,
+            check=self.check_alive,
+            client_config=librdkafka_config(self.settings),
+        )
         if waited is None:
             raise AifleetError(f"consumer group {group} did not settle with {members} members in {timeout_s:.0f}s")
         return waited

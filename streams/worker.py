@@ -28,6 +28,7 @@ class _Worker(faust.Worker):
 def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
     """Start a worker in the foreground (role ``pipeline`` or ``analytics``); returns once told to stop."""
     from streams.admin import ensure_topics
+    from streams.kafka_auth import librdkafka_config
     from streams.topics import Topics
 
     settings = settings or get_settings()
@@ -39,6 +40,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
         Topics.from_settings(settings).all(),
         partitions=settings.kafka.partitions,
         replication_factor=settings.kafka.replication_factor,
+        client_config=librdkafka_config(settings),
     )
     ensure_topics(
         bootstrap,
@@ -46,6 +48,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
         partitions=settings.kafka.partitions,
         replication_factor=settings.kafka.replication_factor,
         config={"cleanup.policy": "compact"},
+        client_config=librdkafka_config(settings),
     )
     if settings.metrics_port is not None:
         from streams.metrics import start_metrics_server

@@ -36,6 +36,14 @@ class BrokerConfig:
     kafka_version: str = "4.1.1"
     heap_mb: int = 512
     host: str = "127.0.0.1"
+    # A SASL_PLAINTEXT listener (mechanism PLAIN) with these (user, password) pairs, for testing secured
+    # clients. The PLAINTEXT listener stays: the broker's own controller and start-up checks use it.
+    sasl_port: int | None = None
+    sasl_users: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return f"{self.host}:{self.sasl_port}" if self.sasl_port is not None else None
 
     @property
     def bootstrap(self) -> str:
@@ -99,17 +107,32 @@ def _java() -> str:
     return java
 
 
+def _sasl_properties(cfg: BrokerConfig) -> list[str]:
+    if cfg.sasl_port is None:
+        return []
+    users = " ".join(f'user_{name}="{password}"' for name, password in cfg.sasl_users)
+    return [
+        "sasl.enabled.mechanisms=PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+    ]
+
+
 def _properties(cfg: BrokerConfig) -> str:
+    listeners = [f"PLAINTEXT://{cfg.host}:{cfg.port}"]
+    if cfg.sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://{cfg.host}:{cfg.sasl_port}")
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}",
-            f"listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://{cfg.host}:{cfg.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *_sasl_properties(cfg),
             f"log.dirs={cfg.data_dir}",
             "num.partitions=4",
             # A single broker: internal topics cannot ask for more replicas than there are brokers.

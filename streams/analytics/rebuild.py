@@ -160,7 +160,7 @@ def _probe_consumer(conf: Mapping[str, str | int | float | bool], group: str) ->
 
 def rebuild(settings: Settings, *, since: datetime | None = None, timeout_s: float = 15.0) -> RebuildResult:
     """``reset_offsets`` for this deployment's analytics group on its usage topic."""
-    from streams.ops.lag import client_config
+    from streams.kafka_auth import librdkafka_config
     from streams.topics import Topics
 
     return reset_offsets(
@@ -168,6 +168,6 @@ def rebuild(settings: Settings, *, since: datetime | None = None, timeout_s: flo
         settings.analytics_group,
         Topics.from_settings(settings).usage,
         since=since,
-        client_config=client_config(settings),
+        client_config=librdkafka_config(settings),
         timeout_s=timeout_s,
     )

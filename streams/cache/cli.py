@@ -20,6 +20,7 @@ def purge(
     """Drop cached answers (sent through the cache topic to every partition's owner)."""
     from streams.cache.purge import send_purge
     from streams.catalog import cached_catalog
+    from streams.kafka_auth import librdkafka_config
     from streams.settings import get_settings
     from streams.topics import Topics
 
@@ -27,7 +28,12 @@ def purge(
         raise typer.BadParameter("give --tenant T or --all")
     settings = get_settings()
     scope = "*" if everything else cached_catalog(settings.config_file).cache_scope_of(tenant or "")
-    purge_id, partitions = send_purge(settings.kafka_servers, Topics.from_settings(settings).cache, scope)
+    purge_id, partitions = send_purge(
+        settings.kafka_servers,
+        Topics.from_settings(settings).cache,
+        scope,
+        client_config=librdkafka_config(settings),
+    )
     out.print(f"purge {purge_id} of scope {scope!r} sent to {partitions} partitions")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -11,15 +12,26 @@ from schemas.cache import CachePurge
 from streams.errors import BrokerError
 
 
-def send_purge(bootstrap: str, cache_topic: str, scope: str, *, timeout_s: float = 15.0) -> tuple[str, int]:
-    """Purge ``scope`` ('*': everything) on every partition; returns (purge id, partitions reached)."""
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(cache_topic, timeout=timeout_s)
+def send_purge(
+    bootstrap: str,
+    cache_topic: str,
+    scope: str,
+    *,
+    timeout_s: float = 15.0,
+    client_config: Mapping[str, str] | None = None,
+) -> tuple[str, int]:
+    """Purge ``scope`` ('*': everything) on every partition; returns (purge id, partitions reached).
+
+    ``client_config``: librdkafka settings for a secured cluster (``streams.kafka_auth.librdkafka_config``).
+    """
+    conf: dict[str, str | int | float | bool] = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    meta = AdminClient(conf).list_topics(cache_topic, timeout=timeout_s)
     topic = meta.topics.get(cache_topic)
     if topic is None or topic.error is not None or not topic.partitions:
         raise BrokerError(f"cache topic {cache_topic!r} not found on {bootstrap}: is a worker running?")
     purge = CachePurge(scope=scope, purge_id=f"purge-{uuid.uuid4().hex[:12]}")
     value = purge.to_json()
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**conf, "enable.idempotence": True})
     failures: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:

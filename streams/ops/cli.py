@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.errors import AifleetError
+from streams.kafka_auth import librdkafka_config
 from streams.ops import cpu as cpu_mod
 from streams.ops import lag as lag_mod
 from streams.ops.scale import ScalePolicy, advise
@@ -47,7 +48,7 @@ def default_topics(settings: Settings) -> list[str]:
 
 def _target(bootstrap: str | None, group: str | None, topics: list[str] | None) -> tuple[str, str, list[str], dict]:
     s = get_settings()
-    conf = lag_mod.client_config(s, bootstrap)
+    conf = librdkafka_config(s, bootstrap)
     return conf["bootstrap.servers"], group or default_group(s), topics or default_topics(s), conf
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.errors import AifleetError
-from streams.settings import Settings
 
 # librdkafka's "no offset" sentinel (OFFSET_INVALID): the group has not committed this partition.
 NO_OFFSET = -1001
@@ -94,23 +93,6 @@ class _Consumer(Protocol):  # the part of confluent_kafka.Consumer used here
     def committed(self, *args: Any, **kwargs: Any) -> list[Any]: ...
     def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]: ...
     def close(self) -> None: ...
-
-
-def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
-    """librdkafka client configuration for the deployment's cluster, security included."""
-    k = settings.kafka
-    conf: dict[str, str] = {
-        "bootstrap.servers": bootstrap or settings.kafka_servers,
-        "security.protocol": k.security_protocol,
-    }
-    if k.security_protocol.startswith("SASL"):
-        if k.sasl_mechanism:
-            conf["sasl.mechanism"] = k.sasl_mechanism
-        if k.sasl_username:
-            conf["sasl.username"] = k.sasl_username
-        if k.sasl_password is not None:
-            conf["sasl.password"] = k.sasl_password.get_secret_value()
-    return conf
 
 
 def consumer_lag(

@@ -6,11 +6,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from streams.errors import AifleetError
-from streams.ops.lag import PartitionLag, client_config, compute_lag, consumer_lag
-from streams.settings import KafkaSettings, Settings
+from streams.ops.lag import PartitionLag, compute_lag, consumer_lag
 
 
 class FakeConsumer:
@@ -103,25 +101,3 @@ def test_consumer_lag_wraps_client_errors() -> None:
 
     with pytest.raises(AifleetError, match="could not read consumer lag of group 'g'"):
         consumer_lag("x:1", "g", ["t"], consumer=Broken({}, {}, {}, {}))
-
-
-def test_client_config_carries_sasl_settings() -> None:
-    plain = client_config(Settings(kafka_bootstrap="k1:9092,k2:9092"))
-    assert plain == {"bootstrap.servers": "k1:9092,k2:9092", "security.protocol": "PLAINTEXT"}
-    s = Settings(
-        kafka=KafkaSettings(
-            bootstrap="k:9093",
-            security_protocol="SASL_SSL",
-            sasl_mechanism="SCRAM-SHA-512",
-            sasl_username="aifleet",
-            sasl_password=SecretStr("pw"),
-        )
-    )
-    conf = client_config(s, "override:9093")
-    assert conf == {
-        "bootstrap.servers": "override:9093",
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "aifleet",
-        "sasl.password": "pw",
-    }
