@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
 from schemas.alert import Alert
 from schemas.usage import UsageEvent
@@ -29,6 +28,8 @@ from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
 from streams.app import FaustPublisher, new_faust_app, raw_topic
 from streams.catalog import cached_catalog
+from streams.codec import dead_letter, decode_event
+from streams.errors import InvalidRecord
 from streams.health_feed import follow_health
 from streams.kafka_auth import aiokafka_options
 from streams.publisher import publish_all
@@ -58,14 +59,6 @@ def alert_source(settings: Settings) -> AlertSource:
     if source == "auto":
         return "stream" if settings.clickhouse.backend == "chdb" else "store"
     return source
-
-
-def _decode_usage(raw: bytes | None) -> UsageEvent | None:
-    try:
-        return UsageEvent.from_json(raw or b"")
-    except (ValidationError, ValueError):
-        log.warning("skipping a usage record that is not a UsageEvent")
-        return None
 
 
 def build_analytics_app(settings: Settings) -> faust.App:
@@ -113,7 +106,25 @@ def build_analytics_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(app, topics.usage, settings), name="usage_sink")
     async def usage_sink(stream: Any) -> None:
         async for events in stream.take_events(a.batch_size, within=a.batch_within_s):
-            batch = [u for u in (_decode_usage(e.value) for e in events) if u is not None]
+            batch: list[UsageEvent] = []
+            letters: list[Any] = []
+            for e in events:
+                try:
+                    batch.append(decode_event(e.value, UsageEvent))
+                except InvalidRecord as exc:
+                    m = e.message
+                    letter = dead_letter(
+                        exc,
+                        e.value,
+                        topic=m.topic,
+                        partition=m.partition,
+                        offset=m.offset,
+                        max_payload=settings.worker.dlq_max_payload_bytes,
+                    )
+                    letters.append((topics.dlq, letter, None))
+            if letters:  # before the batch is acked, so a bad record is never just dropped
+                log.warning("dead-lettering %d usage records that are not UsageEvents", len(letters))
+                await publish_all(publisher, letters)
             for event in batch:
                 window.add(event)
             while batch:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
+from schemas.base import Event
 from schemas.dead_letter import DeadLetter
 from schemas.request import Request
 from streams.errors import InvalidJson, InvalidRecord, PayloadTooLarge, SchemaViolation, UnsupportedSchemaVersion
+
+E = TypeVar("E", bound=Event)
 
 
 def peek_ids(doc: Any) -> dict[str, str | None]:
@@ -72,6 +75,23 @@ def decode_request(raw: bytes | None, *, max_bytes: int) -> Request:
         return Request.model_validate(doc)
     except ValidationError as exc:
         raise SchemaViolation(_first_errors(exc), **ids) from exc
+
+
+def decode_event(raw: bytes | None, model: type[E]) -> E:
+    """Validate one internal event record (usage, health); raise ``InvalidJson`` or ``SchemaViolation``."""
+    if raw is None:
+        raise InvalidJson("empty record (no value)")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise SchemaViolation(f"a {model.__name__} must be a JSON object, got {type(doc).__name__}")
+    ids = peek_ids(doc)
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise SchemaViolation(f"not a {model.__name__}: {_first_errors(exc)}", **ids) from exc
 
 
 def dead_letter(

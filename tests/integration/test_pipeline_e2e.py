@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from pathlib import Path
 
@@ -13,8 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.dead_letter import DeadLetter
 from schemas.request import Message, Request
+from schemas.usage import UsageEvent
+from streams.analytics.client import resolve_data_path
+from streams.analytics.endpoint import EndpointReader, read_advertisement
 from streams.bench import emulator_stats, run_load
 from streams.client import AifleetClient
+from streams.settings import Settings
 from tests.fixtures.pipeline import pipeline_env, running_stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -186,3 +191,65 @@ async def test_error_responses_for_readable_ids(kafka_bootstrap: str, aifleet_ho
     assert "message" in got["e-missing-messages"].error.message
     assert got["e-version"].error is not None
     assert got["e-version"].error.reason.value == "unsupported_schema_version"
+
+
+def _count_stored(settings: Settings, pattern: str, expect: int, timeout_s: float = 30.0) -> int:
+    """Usage rows whose event id matches ``pattern``, read through the analytics process's query endpoint
+    (never by opening the chDB path here), polled until ``expect`` are there or the time is up."""
+    sql = f"SELECT count() FROM {settings.clickhouse.database}.usage_events WHERE event_id LIKE {{p:String}}"
+    deadline = time.monotonic() + timeout_s
+    count = -1
+    while time.monotonic() < deadline:
+        advert = read_advertisement(resolve_data_path(settings.clickhouse, settings.home))
+        if advert is not None:
+            reader = EndpointReader(advert.url, advert.token, timeout_s=10.0)
+            try:
+                count = int(reader.query_rows(sql, {"p": pattern})[1][0][0])
+            finally:
+                reader.close()
+            if count >= expect:
+                break
+        time.sleep(0.3)
+    return count
+
+
+async def test_malformed_usage_records_are_dead_lettered_by_the_sink_and_good_ones_stored(
+    kafka_bootstrap: str, aifleet_home: Path
+) -> None:
+    """The usage sink is an edge too: records on the usage topic that are not UsageEvents go to the DLQ
+    with their reason (before the batch is acked), and the good ones around them are stored."""
+    env = pipeline_env(kafka_bootstrap, aifleet_home, AIFLEET_ANALYTICS__BATCH_WITHIN_S="0.2")
+    prefix = env["AIFLEET_KAFKA__TOPIC_PREFIX"]
+    run = uuid.uuid4().hex[:6]
+    good = [
+        UsageEvent(
+            event_id=f"{run}-{i}:1",
+            request_id=f"{run}-{i}",
+            tenant="acme",
+            provider="openai",
+            model="gpt-4o-mini",
+            status="ok",
+            cost_usd=0.01,
+        )
+        for i in range(2)
+    ]
+    bad = [
+        (b"not json at all", "invalid_json"),
+        (orjson.dumps({"event_id": f"{run}-x:1", "request_id": f"{run}-x", "tenant": "acme"}), "schema_violation"),
+        (b"[1, 2, 3]", "schema_violation"),
+    ]
+    with running_stack(env, workers=1) as stack:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for payload in (good[0].to_json(), *(p for p, _ in bad), good[1].to_json()):
+                await producer.send_and_wait(f"{prefix}.usage", payload, key=b"acme", partition=0)
+        finally:
+            await producer.stop()
+        raw = await _read_topic(kafka_bootstrap, f"{prefix}.dlq", expect=len(bad))
+        letters = sorted((DeadLetter.from_json(v) for v in raw), key=lambda d: d.offset)
+        stored = await asyncio.to_thread(_count_stored, stack.settings, f"{run}-%", len(good))
+    assert [(d.source_topic, d.reason.value) for d in letters] == [(f"{prefix}.usage", r) for _, r in bad]
+    assert [base64.b64decode(d.payload_b64) for d in letters] == [p for p, _ in bad]
+    assert "not a UsageEvent" in letters[1].detail and letters[1].request_id == f"{run}-x"
+    assert stored == len(good)  # the good neighbours are stored, the bad record is not

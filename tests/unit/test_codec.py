@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from schemas.dead_letter import DeadLetterReason
-from streams.codec import dead_letter, decode_request
+from schemas.usage import UsageEvent
+from streams.codec import dead_letter, decode_event, decode_request
 from streams.errors import InvalidJson, InvalidRecord, PayloadTooLarge, SchemaViolation, UnsupportedSchemaVersion
 
 GOOD = {"request_id": "r-1", "tenant": "acme", "messages": [{"role": "user", "content": "hello"}]}
@@ -65,3 +66,18 @@ def test_reply_ids_reads_requests_and_routed_records_and_ignores_garbage() -> No
     assert reply_ids(b"\xff not json") == {}
     assert reply_ids(None) == {}
     assert reply_ids(b"[1, 2]") == {}
+
+
+def test_decode_event_types_what_is_wrong_with_an_internal_record() -> None:
+    event = UsageEvent(event_id="e:1", request_id="e", tenant="acme", provider="openai", model="m", status="ok")
+    assert decode_event(event.to_json(), UsageEvent) == event
+    with pytest.raises(InvalidJson):
+        decode_event(None, UsageEvent)
+    with pytest.raises(InvalidJson):
+        decode_event(b"{nope", UsageEvent)
+    with pytest.raises(SchemaViolation, match="must be a JSON object"):
+        decode_event(b"[1]", UsageEvent)
+    with pytest.raises(SchemaViolation, match=r"not a UsageEvent: .*provider") as caught:
+        decode_event(orjson.dumps({"event_id": "x:1", "request_id": "x", "tenant": "acme"}), UsageEvent)
+    assert (caught.value.request_id, caught.value.tenant) == ("x", "acme")
+    assert caught.value.dlq_reason is DeadLetterReason.SCHEMA_VIOLATION
