@@ -4,9 +4,10 @@ It is its own Faust app (and consumer group) because in embedded mode chDB admit
 per data path: this process owns the store, writes it, and serves read-only queries to reports
 over a loopback endpoint. Against a ClickHouse server several of them can run side by side.
 
-Delivery into ClickHouse is at-least-once: a batch's offsets are acked only after the insert
-succeeded; while ClickHouse is down the agent keeps retrying the same batch and commits nothing.
-Rows are idempotent by ``event_id``, so a replay never double-counts.
+Delivery into ClickHouse is at-least-once (``streams.analytics.usage_consumer``): a batch's offsets
+are committed only after the insert succeeded; while ClickHouse is down the consumer keeps retrying
+the same batch and commits nothing. Rows are idempotent by ``event_id``, so a replay never
+double-counts. Alert evaluation runs on the leader of this app's consumer group.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ from typing import Any
 import faust
 
 from schemas.alert import Alert
-from schemas.usage import UsageEvent
+from schemas.dead_letter import DeadLetter
 from streams.analytics.alerting import AlertLoop, AlertSource
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.client import ClientReader, create_client
 from streams.analytics.errors import AnalyticsError, AnalyticsUnavailable
 from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
-from streams.app import FaustPublisher, new_faust_app, raw_topic
+from streams.analytics.usage_consumer import UsageConsumer
+from streams.app import FaustPublisher, new_faust_app
 from streams.catalog import cached_catalog
-from streams.codec import dead_letter, decode_event
-from streams.errors import InvalidRecord
 from streams.health_feed import follow_health
 from streams.kafka_auth import aiokafka_options
 from streams.publisher import publish_all
@@ -83,6 +83,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
         budget_every_s=a.alert_budget_every_s,
         database=settings.clickhouse.database,
     )
+    store_ready = asyncio.Event()  # set once the migrations are applied: the usage sink writes after that
     unstored: list[Alert] = []  # transitions the alerts table has not taken yet: retried with the next ones
     endpoint: list[Any] = []
     webhook_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=WEBHOOK_QUEUE)
@@ -99,42 +100,33 @@ def build_analytics_app(settings: Settings) -> faust.App:
             except AnalyticsUnavailable:
                 log.warning("ClickHouse unavailable for migrations; retrying", exc_info=True)
                 await asyncio.sleep(a.retry_backoff_s)
+        store_ready.set()
         ep = await sink.start_query_endpoint(port=a.query_port)
         if ep is not None:
             endpoint.append(ep)
 
-    @app.agent(raw_topic(app, topics.usage, settings), name="usage_sink")
-    async def usage_sink(stream: Any) -> None:
-        async for events in stream.take_events(a.batch_size, within=a.batch_within_s):
-            batch: list[UsageEvent] = []
-            letters: list[Any] = []
-            for e in events:
-                try:
-                    batch.append(decode_event(e.value, UsageEvent))
-                except InvalidRecord as exc:
-                    m = e.message
-                    letter = dead_letter(
-                        exc,
-                        e.value,
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        max_payload=settings.worker.dlq_max_payload_bytes,
-                    )
-                    letters.append((topics.dlq, letter, None))
-            if letters:  # before the batch is acked, so a bad record is never just dropped
-                log.warning("dead-lettering %d usage records that are not UsageEvents", len(letters))
-                await publish_all(publisher, letters)
-            for event in batch:
-                window.add(event)
-            while batch:
-                try:
-                    await sink.write(batch)
-                    break
-                except AnalyticsUnavailable as exc:
-                    # not acked, not committed: the batch is written when the store is back
-                    log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(batch))
-                    await asyncio.sleep(exc.retry_after_s or a.retry_backoff_s)
+    @app.task
+    async def usage_sink() -> None:
+        """Usage events into ClickHouse in batches, once the store is migrated (``UsageConsumer``)."""
+        await store_ready.wait()
+
+        async def publish_dead_letters(letters: list[DeadLetter]) -> None:
+            await publish_all(publisher, [(topics.dlq, letter, None) for letter in letters])
+
+        consumer = UsageConsumer(
+            bootstrap=settings.kafka_servers,
+            topic=topics.usage,
+            group=settings.usage_sink_group,
+            sink=sink,
+            publish_dead_letters=publish_dead_letters,
+            on_events=window.add_all,
+            batch_size=a.batch_size,
+            within_s=a.batch_within_s,
+            retry_backoff_s=a.retry_backoff_s,
+            max_payload=settings.worker.dlq_max_payload_bytes,
+            kafka_options=aiokafka_options(settings),
+        )
+        await consumer.run()
 
     @app.task
     async def alert_health() -> None:

@@ -1120,7 +1120,7 @@ def run_scenario(
             # rebalance the group mid-run, and the replays that causes would be counted against the fault
             settled = wait_for_group(cfg.bootstrap, s.pipeline_group, options.workers, stable_for_s=1.0)
             if stack.analytics:
-                settled = settled and wait_for_group(cfg.bootstrap, s.analytics_group, 1, stable_for_s=1.0)
+                settled = settled and wait_for_group(cfg.bootstrap, s.usage_sink_group, 1, stable_for_s=1.0)
             d = Deployment(stack=stack, settings=s, broker=cfg, tenants=tenants, options=options, run_id=run_id)
             ready_s = asyncio.run(probe_partitions(d))
             emulator_reset(stack.emulator_url)

@@ -232,6 +232,11 @@ class Settings(BaseSettings):
         return f"{self.worker.app_id}-analytics-{self.kafka.topic_prefix}"
 
     @property
+    def usage_sink_group(self) -> str:
+        """The usage sink's consumer group on the usage topic (``analytics rebuild`` moves its offsets)."""
+        return f"{self.worker.app_id}-usage-sink-{self.kafka.topic_prefix}"
+
+    @property
     def broker_data_dir(self) -> Path:
         """Where the embedded broker keeps its log segments."""
         return self.kafka.data_dir or self.home / "kafka" / f"data-{self.kafka.port}"

@@ -316,6 +316,11 @@ class UsageWindow:
         self._seen.add(event.event_id)
         self._events.append(event)
 
+    def add_all(self, events: Iterable[UsageEvent]) -> None:
+        """Count each of ``events`` (see ``add``)."""
+        for event in events:
+            self.add(event)
+
     def add_health(self, event: ProviderHealth) -> None:
         """Track a provider's latest circuit state."""
         current = self._health.get(event.provider)

@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from streams.analytics.errors import AnalyticsError
+from streams.errors import AifleetError
 
 app = typer.Typer(help="Usage analytics on ClickHouse (chDB embedded or a server).", no_args_is_help=True)
 
@@ -21,7 +22,7 @@ def _settings():  # type: ignore[no-untyped-def]
     return get_settings()
 
 
-def _fail(exc: AnalyticsError) -> typer.Exit:
+def _fail(exc: AifleetError) -> typer.Exit:
     typer.echo(f"error: {exc.message}", err=True)
     return typer.Exit(code=75 if exc.retryable else 2)
 
@@ -171,6 +172,39 @@ def bench(
         typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title=f"aifleet analytics bench ({result.backend})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.as_dict().items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
+    Console().print(table)
+
+
+@app.command("bench-sink")
+def bench_sink(
+    events: Annotated[int, typer.Option(help="Usage events in the backlog")] = 200_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Catch-up rate of a fresh analytics process on a usage-topic backlog, against direct ingest (scratch stores)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from streams.analytics.bench_sink import run_sink_bench
+
+    settings = _settings()
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks = {name: bar.add_task(name, total=events) for name in ("produce", "catch up")}
+        try:
+            result = run_sink_bench(settings, events=events, progress=lambda name, n: bar.advance(tasks[name], n))
+        except AifleetError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"aifleet analytics bench-sink: {events:,} usage events")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.as_dict().items():

@@ -1,7 +1,7 @@
 """Rebuild the analytics store from the usage topic: move the sink's consumer group back in time.
 
-The analytics process reads ``<prefix>.usage`` in its own consumer group
-(``Settings.analytics_group``: ``<app_id>-analytics-<prefix>``). ``reset_offsets`` moves that
+The analytics process's usage sink reads ``<prefix>.usage`` in its own consumer group
+(``Settings.usage_sink_group``: ``<app_id>-usage-sink-<prefix>``). ``reset_offsets`` moves that
 group's committed offsets on the usage topic back to the first event at or after a point in time
 (``offsets_for_times``), or to the start of what the topic still retains, with the AdminClient's
 ``alter_consumer_group_offsets``. The next analytics process then re-reads every usage event from
@@ -159,13 +159,13 @@ def _probe_consumer(conf: Mapping[str, str | int | float | bool], group: str) ->
 
 
 def rebuild(settings: Settings, *, since: datetime | None = None, timeout_s: float = 15.0) -> RebuildResult:
-    """``reset_offsets`` for this deployment's analytics group on its usage topic."""
+    """``reset_offsets`` for this deployment's usage sink group on its usage topic."""
     from streams.kafka_auth import librdkafka_config
     from streams.topics import Topics
 
     return reset_offsets(
         settings.kafka_servers,
-        settings.analytics_group,
+        settings.usage_sink_group,
         Topics.from_settings(settings).usage,
         since=since,
         client_config=librdkafka_config(settings),

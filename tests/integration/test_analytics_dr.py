@@ -177,7 +177,7 @@ def _produced_event_ids(bootstrap: str, topic: str, partitions: int) -> set[str]
 
 def _lag(settings: Settings) -> int:
     return consumer_lag(
-        settings.kafka_servers, settings.analytics_group, [f"{settings.kafka.topic_prefix}.usage"]
+        settings.kafka_servers, settings.usage_sink_group, [f"{settings.kafka.topic_prefix}.usage"]
     ).total
 
 

@@ -102,15 +102,15 @@ async def test_cost_report_equals_client_charges_after_crash_and_replay(
         # replay the whole usage topic into the store: the totals must not move
         analytics = next(c for c in stack.children if c.name == "analytics")
         stack.terminate(analytics)
-        _rewind_group(kafka_bootstrap, f"aifleet-analytics-{prefix}", f"{prefix}.usage", 4)
-        assert _group_lag(kafka_bootstrap, f"aifleet-analytics-{prefix}", f"{prefix}.usage", 4) >= total_requests
+        _rewind_group(kafka_bootstrap, settings.usage_sink_group, f"{prefix}.usage", 4)
+        assert _group_lag(kafka_bootstrap, settings.usage_sink_group, f"{prefix}.usage", 4) >= total_requests
         stack.add_analytics()
         deadline = time.monotonic() + 90
-        while _group_lag(kafka_bootstrap, f"aifleet-analytics-{prefix}", f"{prefix}.usage", 4) and (
+        while _group_lag(kafka_bootstrap, settings.usage_sink_group, f"{prefix}.usage", 4) and (
             time.monotonic() < deadline
         ):
             await asyncio.sleep(1.0)  # the new sink re-reads and re-inserts every usage event from offset 0
-        assert _group_lag(kafka_bootstrap, f"aifleet-analytics-{prefix}", f"{prefix}.usage", 4) == 0
+        assert _group_lag(kafka_bootstrap, settings.usage_sink_group, f"{prefix}.usage", 4) == 0
         replayed, count = _report_total(settings)
         print(f"after replaying the usage topic from the start: ${replayed:.6f} over {count} rows")
         assert replayed == total

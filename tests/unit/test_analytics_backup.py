@@ -208,11 +208,25 @@ def test_rebuild_needs_exactly_one_origin() -> None:
         assert result.exit_code == 2 and "exactly one of --since and --from-earliest" in result.output
 
 
-def test_rebuild_moves_the_analytics_apps_own_group() -> None:
+def test_rebuild_moves_the_usage_sinks_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.analytics import rebuild as rb
     from streams.analytics_app import build_analytics_app
 
     settings = Settings(kafka_bootstrap="127.0.0.1:1", worker={"app_id": "fleet"}, kafka={"topic_prefix": "eu"})
     assert settings.analytics_group == build_analytics_app(settings).conf.id == "fleet-analytics-eu"
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(
+        rb, "reset_offsets", lambda bootstrap, group, topic, **kw: seen.update(group=group, topic=topic)
+    )
+    rb.rebuild(settings)
+    assert (
+        seen
+        == {"group": "fleet-usage-sink-eu", "topic": "eu.usage"}
+        == {
+            "group": settings.usage_sink_group,
+            "topic": "eu.usage",
+        }
+    )
 
 
 def test_rebuild_while_the_sink_runs_says_to_stop_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,125 @@
+"""The usage sink's consumer through the real broker: commits follow durable writes, a store that is
+away is retried with nothing committed, bad records are dead-lettered, and a restart resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas.dead_letter import DeadLetter
+from schemas.usage import UsageEvent
+from streams.admin import ensure_topics
+from streams.analytics.errors import AnalyticsUnavailable
+from streams.analytics.usage_consumer import UsageConsumer
+
+pytestmark = [pytest.mark.kafka]
+
+
+class FlakySink:
+    """Refuses the first ``failures`` writes (ClickHouse away), then stores everything it is given."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.stored: list[UsageEvent] = []
+
+    async def write(self, events: list[UsageEvent]) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise AnalyticsUnavailable("store away", retry_after_s=0.2)
+        self.stored.extend(events)
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        probe.close()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    for _ in range(int(timeout_s / 0.1)):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def event(run: str, i: int) -> UsageEvent:
+    return UsageEvent(
+        event_id=f"{run}-{i}:1", request_id=f"{run}-{i}", tenant="acme", provider="openai", model="m", status="ok"
+    )
+
+
+async def test_commits_follow_durable_writes_and_bad_records_are_dead_lettered(kafka_bootstrap: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"uc{run}.usage", f"uc{run}-sink"
+    ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send_and_wait(topic, event(run, i).to_json(), partition=i % 2)
+        await producer.send_and_wait(topic, b"{not json", partition=0)
+    finally:
+        await producer.stop()
+
+    sink = FlakySink(failures=2)
+    letters: list[DeadLetter] = []
+
+    async def publish(batch: list[DeadLetter]) -> None:
+        letters.extend(batch)
+
+    def consumer(s: FlakySink) -> UsageConsumer:
+        return UsageConsumer(
+            bootstrap=kafka_bootstrap, topic=topic, group=group, sink=s, publish_dead_letters=publish, within_s=0.3
+        )
+
+    first = consumer(sink)
+    task = asyncio.create_task(first.run())
+    try:
+        await until(lambda: sink.calls >= 1)
+        assert committed(kafka_bootstrap, group, topic, 2) == 0  # the store refused: nothing committed yet
+        await until(lambda: len({e.event_id for e in sink.stored}) == 30)
+        await until(lambda: committed(kafka_bootstrap, group, topic, 2) == 31)  # the bad record's offset too
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert first.stats.retries == 2
+    assert [(d.reason.value, d.source_topic) for d in letters] == [("invalid_json", topic)]
+
+    # a new consumer in the same group resumes after the commit: nothing is read twice
+    async with asyncio.timeout(30):
+        async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as more:
+            await more.send_and_wait(topic, event(run, 30).to_json(), partition=1)
+    again = FlakySink(failures=0)
+    task = asyncio.create_task(consumer(again).run())
+    try:
+        await until(lambda: len(again.stored) == 1)
+        await asyncio.sleep(1.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [e.event_id for e in again.stored] == [f"{run}-30:1"]
+
+
+def test_sink_bench_times_a_fresh_analytics_process_catching_up(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from streams.analytics.bench_sink import run_sink_bench
+    from streams.settings import Settings
+
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap, home=tmp_path, kafka={"topic_prefix": f"sb{uuid.uuid4().hex[:6]}"}
+    )
+    result = run_sink_bench(settings, events=3000, timeout_s=120)
+    assert result.events == 3000 and result.batch_size == settings.analytics.batch_size
+    assert result.catch_up_events_per_s > 0 and result.direct_events_per_s > 0
+    assert result.catch_up_over_direct == round(result.catch_up_events_per_s / result.direct_events_per_s, 3)
