@@ -391,3 +391,15 @@ def test_worker_deployment_service_and_config(monkeypatch: pytest.MonkeyPatch) -
     assert s.bootstrap == config["AIFLEET_KAFKA_BOOTSTRAP"]
     assert s.clickhouse.backend == "http"
     assert default_group(s) == "aifleet-aifleet"
+
+
+def test_the_compose_clickhouse_allows_backups_in_its_backup_volume(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["clickhouse"]["volumes"]
+    assert "clickhouse-backups:/backups" in volumes and "clickhouse-backups" in compose["volumes"]
+    mount = next(v for v in volumes if v.endswith("config.d/backups.xml:ro"))
+    config = ROOT / mount.split(":")[0]
+    import xml.etree.ElementTree as ET
+
+    assert ET.parse(config).getroot().findtext("backups/allowed_path") == "/backups/"
+    aifleet_env = compose["services"]["worker"]["environment"]
+    assert aifleet_env["AIFLEET_CLICKHOUSE__BACKUP_PATH"] == "/backups"  # the CLI's default location, server-side
