@@ -172,10 +172,15 @@ class UsageConsumer:
                 except AnalyticsUnavailable as exc:
                     self.stats.retries += 1
                     log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(events))
-                    paused = set(self._consumer.assignment())
+                    paused = set(self._consumer.assignment())  # again each time: a rebalance may add some
                     self._consumer.pause(*paused)
                     pause_s = exc.retry_after_s or self.retry_backoff_s
-                    await self._consumer.getmany(timeout_ms=int(pause_s * 1000))  # paused: returns nothing
+                    # poll while paused, so the group keeps this member; whatever still arrives is not ours
+                    # to handle yet: rewind to it, so it is read (and committed) after this batch
+                    fetched = await self._consumer.getmany(timeout_ms=int(pause_s * 1000))
+                    for tp, records in fetched.items():
+                        if records:
+                            self._consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(0)
         finally:
             self.stats.seconds_writing += time.perf_counter() - started
