@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -150,9 +150,6 @@ def bench(
     data_path: Annotated[Path | None, typer.Option(help="chDB path (default: a fresh temporary one)")] = None,
 ) -> None:
     """Ingest rate and cost-report query time over N events (chDB: a scratch store, not yours)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from streams.analytics.bench import run_bench
 
     settings = _settings()
@@ -168,13 +165,21 @@ def bench(
     finally:
         if scratch is not None:
             scratch.cleanup()
+    _print_figures(result.as_dict(), f"aifleet analytics bench ({result.backend})", as_json=as_json)
+
+
+def _print_figures(figures: dict[str, Any], title: str, *, as_json: bool) -> None:
+    """A bench's figures as JSON, or as a two-column table."""
+    from rich.console import Console
+    from rich.table import Table
+
     if as_json:
-        typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        typer.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table(title=f"aifleet analytics bench ({result.backend})")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in result.as_dict().items():
+    for key, value in figures.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
     Console().print(table)
 
@@ -187,7 +192,6 @@ def bench_sink(
     """Catch-up rate of a fresh analytics process on a usage-topic backlog, against direct ingest (scratch stores)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from streams.analytics.bench_sink import run_sink_bench
 
@@ -201,15 +205,7 @@ def bench_sink(
             result = run_sink_bench(settings, events=events, progress=lambda name, n: bar.advance(tasks[name], n))
         except AifleetError as exc:
             raise _fail(exc) from exc
-    if as_json:
-        typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
-        return
-    table = Table(title=f"aifleet analytics bench-sink: {events:,} usage events")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result.as_dict().items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
-    Console().print(table)
+    _print_figures(result.as_dict(), f"aifleet analytics bench-sink: {events:,} usage events", as_json=as_json)
 
 
 def _size(n: int) -> str:
