@@ -24,14 +24,15 @@ from schemas.dead_letter import DeadLetter
 from streams.analytics.alerting import AlertLoop, AlertSource
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.client import ClientReader, create_client
-from streams.analytics.errors import AnalyticsError, AnalyticsUnavailable
+from streams.analytics.errors import AnalyticsError, AnalyticsUnavailable, RebuildError
 from streams.analytics.migrate import RenderOptions, migrate
+from streams.analytics.rebuild import adopt_offsets
 from streams.analytics.sink import UsageSink
 from streams.analytics.usage_consumer import UsageConsumer
 from streams.app import FaustPublisher, new_faust_app
 from streams.catalog import cached_catalog
 from streams.health_feed import follow_health
-from streams.kafka_auth import aiokafka_options
+from streams.kafka_auth import aiokafka_options, librdkafka_config
 from streams.publisher import publish_all
 from streams.settings import Settings
 from streams.topics import Topics
@@ -109,6 +110,19 @@ def build_analytics_app(settings: Settings) -> faust.App:
     async def usage_sink() -> None:
         """Usage events into ClickHouse in batches, once the store is migrated (``UsageConsumer``)."""
         await store_ready.wait()
+        try:  # upgrading from the Faust-agent sink: start where it left off, not from the topic's start
+            adopted = await asyncio.to_thread(
+                adopt_offsets,
+                settings.kafka_servers,
+                source_group=settings.analytics_group,
+                group=settings.usage_sink_group,
+                topic=topics.usage,
+                client_config=librdkafka_config(settings),
+            )
+            if adopted:
+                log.warning("usage sink adopted the offsets of %s: %s", settings.analytics_group, adopted)
+        except RebuildError as exc:
+            log.warning("usage sink starts from its own offsets (%s)", exc)
 
         async def publish_dead_letters(letters: list[DeadLetter]) -> None:
             await publish_all(publisher, [(topics.dlq, letter, None) for letter in letters])

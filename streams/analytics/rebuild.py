@@ -171,3 +171,48 @@ def rebuild(settings: Settings, *, since: datetime | None = None, timeout_s: flo
         client_config=librdkafka_config(settings),
         timeout_s=timeout_s,
     )
+
+
+def adopt_offsets(
+    bootstrap: str,
+    *,
+    source_group: str,
+    group: str,
+    topic: str,
+    client_config: Mapping[str, str] | None = None,
+    timeout_s: float = 15.0,
+) -> dict[int, int]:
+    """Give ``group`` the offsets ``source_group`` committed on ``topic``, when ``group`` has none yet.
+
+    For the upgrade to the batch usage sink: it used to read the usage topic in the analytics app's own
+    group. Its successor group starts where that one left off instead of re-reading the whole topic.
+    Returns the adopted offsets per partition ({} when ``group`` already has offsets or there is nothing
+    to adopt). Raises ``RebuildError`` when the cluster refuses.
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    conf: dict[str, str | int | float | bool] = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    mine, theirs = _probe_consumer(conf, group), _probe_consumer(conf, source_group)
+    try:
+        meta = mine.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or getattr(meta, "error", None) is not None or not meta.partitions:
+            return {}
+        tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        if any(tp.offset >= 0 for tp in mine.committed(tps, timeout=timeout_s)):
+            return {}
+        adopted = {tp.partition: int(tp.offset) for tp in theirs.committed(tps, timeout=timeout_s) if tp.offset >= 0}
+    except Exception as exc:
+        raise RebuildError(f"cannot read the committed offsets on {topic}: {exc}") from exc
+    finally:
+        mine.close()
+        theirs.close()
+    if not adopted:
+        return {}
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, o) for p, o in adopted.items()])
+    admin = AdminClient(conf)  # held until the result is in: a dropped client never completes its futures
+    try:
+        admin.alter_consumer_group_offsets([request], request_timeout=timeout_s)[group].result(timeout=timeout_s)
+    except Exception as exc:
+        raise RebuildError(f"cannot give {group} the offsets of {source_group} on {topic}: {exc}") from exc
+    return adopted

@@ -18,7 +18,9 @@ Delivery:
   from the last commit, and the duplicates are dropped by the store.
 
 Its consumer group is ``Settings.usage_sink_group`` (``analytics rebuild`` moves that group's
-offsets). The Faust analytics app keeps its own group for leader election.
+offsets). The Faust analytics app keeps its own group for leader election. On an upgrade from the
+Faust-agent sink, which read in that app's group, the new group first adopts the old group's offsets
+(``rebuild.adopt_offsets``), so the topic is not re-read.
 """
 
 from __future__ import annotations

@@ -115,12 +115,53 @@ async def test_commits_follow_durable_writes_and_bad_records_are_dead_lettered(k
 
 def test_sink_bench_times_a_fresh_analytics_process_catching_up(kafka_bootstrap: str, tmp_path: Path) -> None:
     from streams.analytics.bench_sink import run_sink_bench
-    from streams.settings import Settings
+    from streams.settings import KafkaSettings, Settings
 
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap, home=tmp_path, kafka={"topic_prefix": f"sb{uuid.uuid4().hex[:6]}"}
-    )
+    kafka = KafkaSettings(topic_prefix=f"sb{uuid.uuid4().hex[:6]}")
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, home=tmp_path, kafka=kafka)
     result = run_sink_bench(settings, events=3000, timeout_s=120)
     assert result.events == 3000 and result.batch_size == settings.analytics.batch_size
     assert result.catch_up_events_per_s > 0 and result.direct_events_per_s > 0
     assert result.catch_up_over_direct == round(result.catch_up_events_per_s / result.direct_events_per_s, 3)
+
+
+async def test_an_upgrade_adopts_the_old_groups_offsets_once(kafka_bootstrap: str) -> None:
+    """The sink used to read in the analytics app's group: its new group starts where that one stopped."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    from streams.analytics.rebuild import adopt_offsets
+
+    run = uuid.uuid4().hex[:8]
+    topic, old, new = f"up{run}.usage", f"up{run}-analytics", f"up{run}-usage-sink"
+    ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+        for i in range(12):
+            await producer.send_and_wait(topic, event(run, i).to_json(), partition=i % 2)
+    legacy = ConsumerGroupTopicPartitions(old, [TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 6)])
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.alter_consumer_group_offsets([legacy])[old].result(10)
+
+    assert await asyncio.to_thread(adopt_offsets, kafka_bootstrap, source_group=old, group=new, topic=topic) == {
+        0: 4,
+        1: 6,
+    }
+    assert await asyncio.to_thread(adopt_offsets, kafka_bootstrap, source_group=old, group=new, topic=topic) == {}
+    sink = FlakySink(away=False)
+
+    async def publish(_: list[DeadLetter]) -> None:
+        return None
+
+    task = asyncio.create_task(
+        UsageConsumer(
+            bootstrap=kafka_bootstrap, topic=topic, group=new, sink=sink, publish_dead_letters=publish, within_s=0.3
+        ).run()
+    )
+    try:
+        await until(lambda: len(sink.stored) >= 2)
+        await asyncio.sleep(1.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # partition 0 held events 0, 2, ..., 10 (offsets 0-5), partition 1 events 1, ..., 11: only the tails are new
+    assert sorted(e.event_id for e in sink.stored) == sorted(f"{run}-{i}:1" for i in (8, 10))
