@@ -99,13 +99,14 @@ async def follow_health(
     try:
         tps = await topic_partitions(consumer, topic)
         since_ms = int((time.time() - lookback_s) * 1000)
+        # the ends first: with nothing since the look-back on a partition, start at the end as it was
+        # *before* the look-up, so an event published meanwhile is still read (a lazy seek_to_end could
+        # resolve past it)
+        ends = await consumer.end_offsets(tps)
         offsets = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
         for tp in tps:
             found = offsets.get(tp)
-            if found is None:
-                await consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, found.offset)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
