@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 
 from infra.kafka import broker
 from streams.admin import ensure_topics
+from streams.analytics.bench import seed
 from streams.analytics.client import create_client, resolve_data_path
 from streams.analytics.endpoint import EndpointReader, read_advertisement
 from streams.analytics.migrate import RenderOptions, migrate
@@ -36,6 +37,7 @@ from streams.settings import ClickHouseSettings, Settings
 from streams.topics import Topics
 
 Progress = Callable[[str, int], None]
+SEED = 11  # the same synthetic events through Kafka and straight into the store
 
 
 @dataclass
@@ -61,20 +63,7 @@ def _direct_rate(events: int, batch_size: int, path: Path) -> float:
     client = create_client(settings)
     try:
         migrate(client, RenderOptions.from_settings(settings))
-        sink = UsageSink(settings, client=client)
-        batch = []
-        spent = 0.0
-        for event in synthetic_events(events, seed=11):
-            batch.append(event)
-            if len(batch) == batch_size:
-                started = time.perf_counter()
-                sink.write_sync(batch)
-                spent += time.perf_counter() - started
-                batch = []
-        if batch:
-            started = time.perf_counter()
-            sink.write_sync(batch)
-            spent += time.perf_counter() - started
+        spent = seed(UsageSink(settings, client=client), events, batch_size=batch_size, seed_value=SEED)
         return events / spent
     finally:
         client.close()
@@ -83,7 +72,7 @@ def _direct_rate(events: int, batch_size: int, path: Path) -> float:
 def _produce(settings: Settings, bootstrap: str, topic: str, events: int, progress: Progress | None) -> float:
     producer = Producer({**librdkafka_config(settings, bootstrap), "linger.ms": 20, "enable.idempotence": True})
     started = time.perf_counter()
-    for i, event in enumerate(synthetic_events(events, seed=11)):
+    for i, event in enumerate(synthetic_events(events, seed=SEED)):
         while True:
             try:
                 producer.produce(topic, event.to_json(), key=event.tenant.encode())
