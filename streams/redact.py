@@ -3,7 +3,8 @@
 Provider error bodies can quote the key a request presented (OpenAI's 401 quotes it partly masked;
 some OpenAI-compatible servers and proxies quote it whole). Their text becomes the ``message`` of a
 typed error, which reaches the requester's reply topic, logs and the dead-letter topic. So every
-provider error text passes through :func:`redact_keys` where it is read (``providers.http``).
+provider error message passes through :func:`redact_keys` where it is built
+(``providers.http.raise_for_status``).
 """
 
 from __future__ import annotations

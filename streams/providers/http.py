@@ -90,18 +90,19 @@ def _error_text(body: bytes) -> tuple[str, str]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return "", redact_keys(body[:300].decode("utf-8", "replace"))
+        return "", body[:300].decode("utf-8", "replace")
     err = doc.get("error", doc) if isinstance(doc, dict) else {}
     if not isinstance(err, dict):
-        return "", redact_keys(str(err)[:300])
+        return "", str(err)[:300]
     code = str(err.get("code") or err.get("type") or "")
-    return redact_keys(code), redact_keys(str(err.get("message") or "")[:500])
+    return code, str(err.get("message") or "")[:500]
 
 
 def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> NoReturn:
     """Translate a non-2xx reply into the typed error it means."""
     code, text = _error_text(body)
-    msg = f"{provider} answered HTTP {status}: {text or code or 'no detail'}"
+    # provider text can quote the key the request presented: it never travels on in an error message
+    msg = redact_keys(f"{provider} answered HTTP {status}: {text or code or 'no detail'}")
     lowered = f"{code} {text}".lower()
     if status == 429:
         raise RateLimited(msg, provider=provider, retry_after_s=parse_retry_after(headers))
