@@ -35,16 +35,12 @@ from streams.analytics.client import Reader
 from streams.analytics.errors import AnalyticsUnavailable
 from streams.analytics.reports import latest_alerts, tenant_spend_rows
 from streams.catalog import TIER_ORDER, Catalog
+from streams.routing.quota import month_start
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 AlertSource = Literal["stream", "store"]
 SINCE_EVER = datetime(1970, 1, 1, tzinfo=UTC)  # the alerts table is small: resume from all of it
-
-
-def month_start(now: datetime) -> datetime:
-    """00:00 UTC on the first day of ``now``'s UTC month: where a monthly budget's spend starts."""
-    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def budget_inputs(
@@ -94,11 +90,6 @@ class AlertLoop:
         self._spend: dict[str, float] = {}
         self._budgets: dict[str, float] = {}
         self._budgets_read_at: float | None = None
-
-    @property
-    def resumed(self) -> bool:
-        """True while this process is the evaluator and has resumed from the store."""
-        return self._resumed
 
     async def step(self, *, leader: bool) -> list[Alert]:
         """One evaluation: the transitions to publish (none when not the leader or the store is away).
@@ -173,4 +164,4 @@ class AlertLoop:
                 log.debug("closing the alert reader failed", exc_info=True)
 
 
-__all__ = ["AlertLoop", "AlertSource", "budget_inputs", "month_start"]
+__all__ = ["AlertLoop", "AlertSource", "budget_inputs"]

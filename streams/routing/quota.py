@@ -47,6 +47,12 @@ def next_utc_midnight(now: datetime) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+def month_start(now: datetime) -> datetime:
+    """00:00 UTC on the 1st of ``now``'s UTC month: where the monthly budget's spend starts."""
+    t = _utc(now)
+    return datetime(t.year, t.month, 1, tzinfo=UTC)
+
+
 def next_month_start(now: datetime) -> datetime:
     """When the monthly budget of ``now``'s UTC month resets."""
     t = _utc(now)

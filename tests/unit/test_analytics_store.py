@@ -16,7 +16,7 @@ import pytest
 
 from schemas.alert import Alert
 from schemas.usage import UsageEvent
-from streams.analytics.alerting import AlertLoop, budget_inputs, month_start
+from streams.analytics.alerting import AlertLoop, budget_inputs
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
 from streams.analytics.client import ClientReader, create_client
 from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
@@ -24,6 +24,7 @@ from streams.analytics.migrate import RenderOptions, applied_versions, migrate
 from streams.analytics.reports import ReportRequest, alert_history, render, report, run_report
 from streams.analytics.sink import UsageSink
 from streams.catalog import Catalog, TenantSpec
+from streams.routing.quota import month_start
 from streams.settings import ClickHouseSettings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
