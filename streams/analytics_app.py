@@ -69,7 +69,6 @@ def build_analytics_app(settings: Settings) -> faust.App:
     app = new_faust_app(
         settings,
         settings.analytics_group,
-        stream_buffer_maxsize=max(4096, a.batch_size * 2),
         topic_disable_leader=False,  # one analytics process (the holder of the leader topic) evaluates alerts
     )
     publisher = FaustPublisher(app)

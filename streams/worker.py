@@ -33,6 +33,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
 
     settings = settings or get_settings()
     bootstrap = settings.kafka_servers
+    client_config = librdkafka_config(settings)
     from streams.app import changelog_topics
 
     ensure_topics(
@@ -40,7 +41,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
         Topics.from_settings(settings).all(),
         partitions=settings.kafka.partitions,
         replication_factor=settings.kafka.replication_factor,
-        client_config=librdkafka_config(settings),
+        client_config=client_config,
     )
     ensure_topics(
         bootstrap,
@@ -48,7 +49,7 @@ def run(settings: Settings | None = None, *, role: str = "pipeline") -> None:
         partitions=settings.kafka.partitions,
         replication_factor=settings.kafka.replication_factor,
         config={"cleanup.policy": "compact"},
-        client_config=librdkafka_config(settings),
+        client_config=client_config,
     )
     if settings.metrics_port is not None:
         from streams.metrics import start_metrics_server

@@ -169,11 +169,6 @@ def tenant_spend_rows(reader: Reader, since: datetime, *, database: str = "aifle
     return [(str(t), str(tier), Decimal(str(c))) for t, tier, c in rows]
 
 
-def tenant_spend(reader: Reader, since: datetime, *, database: str = "aifleet") -> dict[str, Decimal]:
-    """Spend per tenant since ``since``."""
-    return {t: c for t, _, c in tenant_spend_rows(reader, since, database=database)}
-
-
 def provider_window(
     reader: Reader, since: datetime, until: datetime, *, database: str = "aifleet"
 ) -> list[dict[str, Any]]:

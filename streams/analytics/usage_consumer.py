@@ -25,11 +25,10 @@ Faust-agent sink, which read in that app's group, the new group first adopts the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -59,7 +58,6 @@ class UsageConsumerStats:
     retries: int = 0
     commits_refused: int = 0
     seconds_writing: float = 0.0
-    started: float = field(default_factory=time.monotonic)
 
 
 class UsageConsumer:
@@ -183,7 +181,6 @@ class UsageConsumer:
                     for tp, records in fetched.items():
                         if records:
                             self._consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(0)
         finally:
             self.stats.seconds_writing += time.perf_counter() - started
             if paused:
