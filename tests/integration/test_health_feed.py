@@ -15,15 +15,10 @@ from schemas.health import ProviderHealth
 from streams.admin import ensure_topics
 from streams.health_feed import apply_to_board, follow_health
 from streams.resilience.circuit_breaker import BreakerBoard
+from tests.fixtures.polling import eventually
 
 pytestmark = [pytest.mark.kafka]
-
-
-async def _until(condition: object, timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "not seen in time"
-        await asyncio.sleep(0.1)
+HEARD_WITHIN_S = 20.0
 
 
 async def test_followers_hear_every_transition_including_recent_ones(kafka_bootstrap: str) -> None:
@@ -44,14 +39,18 @@ async def test_followers_hear_every_transition_including_recent_ones(kafka_boots
             ),
         ]
         try:
-            await _until(lambda: [h.provider for h in heard] == ["anthropic"])  # from before the start
-            await _until(lambda: board.states().get("anthropic") == "open")  # the other follower, independently
+            await eventually(
+                lambda: [h.provider for h in heard] == ["anthropic"], HEARD_WITHIN_S
+            )  # from before the start
+            await eventually(
+                lambda: board.states().get("anthropic") == "open", HEARD_WITHIN_S
+            )  # the other follower, independently
             await producer.send_and_wait(topic, b"not json", key=b"openai")
             later = ProviderHealth(provider="openai", state="open", worker="w1")
             await producer.send_and_wait(topic, later.to_json(), key=b"openai")  # another partition, likely
-            await _until(lambda: len(heard) == 2)
+            await eventually(lambda: len(heard) == 2, HEARD_WITHIN_S)
             assert heard[1] == later
-            await _until(lambda: board.states().get("openai") == "open")
+            await eventually(lambda: board.states().get("openai") == "open", HEARD_WITHIN_S)
             assert all(not f.done() for f in followers)  # the malformed record killed neither
         finally:
             for f in followers:

@@ -25,6 +25,7 @@ from streams.health_feed import follow_health
 from streams.kafka_auth import aiokafka_options, librdkafka_config
 from streams.settings import Settings
 from tests.fixtures.pipeline import _jar_cache, free_port, free_port_pair, patched_env, pipeline_env, running_stack
+from tests.fixtures.polling import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -104,10 +105,7 @@ async def test_the_health_feed_follows_through_a_sasl_listener(
     try:
         event = ProviderHealth(provider="openai", state="open", worker="w1")
         await producer.send_and_wait(topic, event.to_json(), key=b"openai")
-        for _ in range(200):
-            if heard:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: bool(heard), 20.0, what="the health event heard")
         assert heard == [event]
     finally:
         await producer.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from schemas.usage import UsageEvent
 from streams.admin import ensure_topics
 from streams.analytics.errors import AnalyticsUnavailable
 from streams.analytics.usage_consumer import UsageConsumer
+from tests.fixtures.polling import eventually
 
 pytestmark = [pytest.mark.kafka]
 
@@ -43,14 +43,6 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
         return sum(max(tp.offset, 0) for tp in tps)
     finally:
         probe.close()
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    for _ in range(int(timeout_s / 0.1)):
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def event(run: str, i: int) -> UsageEvent:
@@ -86,12 +78,12 @@ async def test_commits_follow_durable_writes_and_bad_records_are_dead_lettered(k
     first = consumer(sink)
     task = asyncio.create_task(first.run())
     try:
-        await until(lambda: sink.calls >= 3)  # the same batch, retried
+        await eventually(lambda: sink.calls >= 3)  # the same batch, retried
         assert committed(kafka_bootstrap, group, topic, 2) == 0  # the store refused: nothing committed yet
         retries = first.stats.retries
         sink.away = False  # the store is back
-        await until(lambda: len({e.event_id for e in sink.stored}) == 30)
-        await until(lambda: committed(kafka_bootstrap, group, topic, 2) == 31)  # the bad record's offset too
+        await eventually(lambda: len({e.event_id for e in sink.stored}) == 30)
+        await eventually(lambda: committed(kafka_bootstrap, group, topic, 2) == 31)  # the bad record's offset too
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -105,7 +97,7 @@ async def test_commits_follow_durable_writes_and_bad_records_are_dead_lettered(k
     again = FlakySink(away=False)
     task = asyncio.create_task(consumer(again).run())
     try:
-        await until(lambda: len(again.stored) == 1)
+        await eventually(lambda: len(again.stored) == 1)
         await asyncio.sleep(1.0)
     finally:
         task.cancel()
@@ -158,7 +150,7 @@ async def test_an_upgrade_adopts_the_old_groups_offsets_once(kafka_bootstrap: st
         ).run()
     )
     try:
-        await until(lambda: len(sink.stored) >= 2)
+        await eventually(lambda: len(sink.stored) >= 2)
         await asyncio.sleep(1.0)
     finally:
         task.cancel()
