@@ -10,10 +10,12 @@ table needs to log the change.
   day and reserves its estimated cost against the month's budget, or raises ``QuotaExceeded``
   (``resets_at``: next 00:00 UTC) / ``BudgetExceeded`` (``resets_at``: the 1st of next month,
   00:00 UTC). A request is admitted when ``spent + reserved + estimate <= budget``. Admitting the same
-  ``request_id`` twice (a replayed record) counts it once.
+  ``request_id`` twice (a replayed record) counts it once, also when its usage has settled in between.
 - ``settle(tenant, actual_cost, now, reservation_id=..., event_id=...)`` adds what a call really cost
   and releases that request's reservation (on its first settlement). ``event_id`` makes a replayed
-  usage event a no-op. ``settle_usage(UsageEvent)`` does both from a usage event.
+  usage event a no-op. ``settle_usage(UsageEvent)`` does both from a usage event. A late event (stamped
+  before the record's day or month) never rolls the record back; a cost from a month that has ended
+  releases its hold but is not charged to the new month.
 
 Because every admitted request holds its estimate until it settles, concurrent requests cannot
 jointly overshoot the budget; spending stops within one request's cost (the amount by which a
@@ -61,6 +63,12 @@ def next_month_start(now: datetime) -> datetime:
 
 def _utc(now: datetime) -> datetime:
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def _settled(rec: dict[str, Any], request_id: str) -> bool:
+    """Whether a usage event of ``request_id`` (ids ``<request_id>:<attempt>``) settled recently."""
+    prefix = f"{request_id}:"
+    return any(e.startswith(prefix) for e in rec["seen"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +139,15 @@ class QuotaLedger:
 
     # -- records -----------------------------------------------------------------------------------
     def _record(self, tenant: str, now: datetime) -> dict[str, Any]:
-        """A fresh copy of the tenant's record, rolled over to ``now``'s day and month, expired holds dropped."""
+        """A fresh copy of the tenant's record, rolled over to ``now``'s day and month, expired holds dropped.
+
+        Periods only move forward: a ``now`` before the record's day or month (a usage event stamped before
+        midnight and settled after the new day's first request) keeps the record's period and counts.
+        """
         t = _utc(now)
-        day, month = t.strftime("%Y-%m-%d"), t.strftime("%Y-%m")
         old = self.state.get(tenant) or {}
+        day = max(t.strftime("%Y-%m-%d"), old.get("day", ""))
+        month = max(t.strftime("%Y-%m"), old.get("month", ""))
         rec: dict[str, Any] = {
             "day": day,
             "requests": old.get("requests", 0) if old.get("day") == day else 0,
@@ -191,6 +204,9 @@ class QuotaLedger:
         if request_id is not None and request_id in rec["reservations"]:
             held = rec["reservations"][request_id]["nusd"]
             return self._admission(tenant, tier, request_id, held, rec, limit, budget, outstanding)
+        if request_id is not None and _settled(rec, request_id):
+            # replayed after its usage settled: already counted, and a new hold would never be released
+            return self._admission(tenant, tier, request_id, 0, rec, limit, budget, outstanding)
 
         if limit is not None and rec["requests"] >= limit:
             resets = next_utc_midnight(now)
@@ -255,7 +271,8 @@ class QuotaLedger:
             return Settlement(applied=False, released_usd=0.0, charged_usd=0.0, spent_usd=rec["spent_nusd"] / NANO)
         held = rec["reservations"].pop(reservation_id, None) if reservation_id is not None else None
         released = held["nusd"] if held else 0
-        charged = max(0, to_nusd(actual_cost))
+        # a cost from a month that has ended belongs to that month's budget, not to the current one
+        charged = max(0, to_nusd(actual_cost)) if _utc(now).strftime("%Y-%m") == rec["month"] else 0
         rec["spent_nusd"] += charged
         if event_id is not None:
             rec["seen"] = [*rec["seen"], event_id][-_SEEN_KEPT:]

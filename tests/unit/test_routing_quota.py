@@ -142,6 +142,47 @@ def test_replays_count_once(catalog: Catalog) -> None:
     assert ledger.usage("capped", NOON).spent_usd == pytest.approx(0.08)
 
 
+def test_a_replay_after_its_usage_settled_counts_once_and_holds_nothing(catalog: Catalog) -> None:
+    ledger = QuotaLedger(catalog)
+    ledger.admit("capped", "pro", NOON, 0.1, request_id="r1")
+    ledger.settle("capped", 0.1, NOON, reservation_id="r1", event_id="r1:1")
+    replay = ledger.admit("capped", "pro", NOON, 0.1, request_id="r1")
+    assert replay.reserved_usd == 0 and replay.requests_today == 1
+    usage = ledger.usage("capped", NOON)
+    assert (usage.requests_today, usage.outstanding_usd, usage.spent_usd) == (1, 0, pytest.approx(0.1))
+    # another request id that merely starts alike is a new request
+    assert ledger.admit("capped", "pro", NOON, 0.1, request_id="r").requests_today == 2
+
+
+def test_a_late_usage_event_never_rolls_the_day_back(catalog: Catalog) -> None:
+    ledger = QuotaLedger(catalog)
+    ledger.admit("t", "free", datetime(2025, 3, 1, 23, 59, 59, tzinfo=UTC), 0.0, request_id="late")
+    new_day = datetime(2025, 3, 2, 0, 0, 1, tzinfo=UTC)
+    for i in range(100):
+        ledger.admit("t", "free", new_day, 0.0, request_id=f"r{i}")
+    ledger.settle(
+        "t", 0.0, datetime(2025, 3, 1, 23, 59, 59, 900000, tzinfo=UTC), reservation_id="late", event_id="late:1"
+    )
+    assert ledger.usage("t", new_day).requests_today == 100
+    with pytest.raises(QuotaExceeded):
+        ledger.admit("t", "free", new_day, 0.0, request_id="one-more")
+
+
+def test_a_late_usage_event_from_last_month_releases_but_does_not_charge_this_month(catalog: Catalog) -> None:
+    ledger = QuotaLedger(catalog)
+    ledger.admit("capped", "pro", datetime(2025, 6, 30, 23, 59, 59, tzinfo=UTC), 0.3, request_id="june")
+    july = datetime(2025, 7, 1, 0, 0, 5, tzinfo=UTC)
+    ledger.admit("capped", "pro", july, 0.6, request_id="july")
+    ledger.settle("capped", 0.6, july, reservation_id="july", event_id="july:1")
+    late = ledger.settle(
+        "capped", 0.3, datetime(2025, 6, 30, 23, 59, 59, 500000, tzinfo=UTC), reservation_id="june", event_id="june:1"
+    )
+    assert late.applied and late.charged_usd == 0
+    usage = ledger.usage("capped", july)
+    assert (usage.month, usage.spent_usd, usage.outstanding_usd) == ("2025-07", pytest.approx(0.6), 0)
+    ledger.admit("capped", "pro", july, 0.4, request_id="fits")  # 0.6 + 0.4 <= 1.0: June's 0.3 is not July's
+
+
 def test_month_rollover_and_reset_times(catalog: Catalog) -> None:
     ledger = QuotaLedger(catalog)
     ledger.admit("capped", "pro", datetime(2025, 6, 30, 23, 0, tzinfo=UTC), 0.9, request_id="late")
