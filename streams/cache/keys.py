@@ -34,11 +34,14 @@ def is_deterministic(request: Request) -> bool:
 
 
 def model_class(request: Request, tier: Tier) -> str:
-    """What picks the model: an explicit model, else the tier and quality floor the router applies."""
-    if request.model:
-        return f"model:{request.model}"
+    """What picks the model: the tier and quality floor the router applies, and the model asked for.
+
+    A requested model is a preference, not a choice: the router may serve it elsewhere when the tier does
+    not allow it or the floor rules it out, so the tier and floor stay in the class even then.
+    """
     floor = "" if request.quality_floor is None else f"{request.quality_floor:.3f}"
-    return f"tier:{tier}/floor:{floor}"
+    wanted = f"/model:{request.model}" if request.model else ""
+    return f"tier:{tier}/floor:{floor}{wanted}"
 
 
 def _digest(parts: object) -> str:
@@ -61,7 +64,9 @@ def cache_keys(request: Request, *, scope: str, tier: Tier) -> CacheKeys | None:
     deterministic requests are cached, unless the request opts in, and never with ``cache_bypass``.
     """
     if request.idempotency_key:
-        digest = _digest(["idem", request.idempotency_key])
+        # The tenant is hashed in: a shared scope shares answers to the same content, never the answer to
+        # another tenant's request that happens to use the same idempotency key.
+        digest = _digest(["idem", request.tenant, request.idempotency_key])
         return CacheKeys(key=f"{scope}|idem|{digest}", idempotent=True, semantic_ns=None)
     if request.cache_bypass or not (is_deterministic(request) or request.cache_nondeterministic):
         return None

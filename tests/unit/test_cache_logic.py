@@ -62,6 +62,23 @@ def test_idempotency_key_applies_whatever_the_sampling_and_content() -> None:
     assert a is not None and b is not None and a.idempotent and a.key == b.key
 
 
+def test_a_requested_model_shares_a_key_only_within_a_tier_and_floor() -> None:
+    # the requested model is a preference: a free request for gpt-4o may be served by another model
+    pro = cache_keys(req(model="gpt-4o"), scope="acme", tier="pro")
+    free = cache_keys(req(model="gpt-4o"), scope="acme", tier="free")
+    floored = cache_keys(req(model="gpt-4o", quality_floor=0.9), scope="acme", tier="pro")
+    assert pro is not None and free is not None and floored is not None
+    assert len({pro.key, free.key, floored.key}) == 3
+
+
+def test_idempotency_keys_stay_the_tenants_own_in_a_shared_scope() -> None:
+    a = cache_keys(req("acme's minutes", tenant="acme", idempotency_key="order-1"), scope="shared:team", tier="pro")
+    g = cache_keys(req("a haiku", tenant="globex", idempotency_key="order-1"), scope="shared:team", tier="pro")
+    assert a is not None and g is not None and a.idempotent and g.idempotent
+    assert a.key != g.key
+    assert a.key.startswith("shared:team|") and g.key.startswith("shared:team|")  # same scope, same owner
+
+
 def test_semantic_namespace_only_when_allowed() -> None:
     plain = cache_keys(req(), scope="acme", tier="pro")
     allowed = cache_keys(req(allow_semantic_cache=True), scope="acme", tier="pro")
