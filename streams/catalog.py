@@ -23,15 +23,16 @@ Role = Literal["primary", "secondary", "backup"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf passes ge=0 and would turn a price or budget into an OverflowError at admission; NaN fails every bound
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Timeouts(_Frozen):
     """Per-provider HTTP timeouts in seconds."""
 
-    connect_s: float = 5.0
-    read_s: float = 60.0
-    total_s: float = 120.0
+    connect_s: float = Field(default=5.0, gt=0)
+    read_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=120.0, gt=0)
 
 
 class ModelSpec(_Frozen):
@@ -64,6 +65,14 @@ class ProviderSpec(_Frozen):
     timeouts: Timeouts = Timeouts()
     api_version: str | None = None
     models: list[ModelSpec]
+
+    @model_validator(mode="after")
+    def _model_names_unique(self) -> Self:
+        names = [m.name for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"models listed twice: {twice} (the router and the bill would each take one)")
+        return self
 
     def model(self, name: str) -> ModelSpec | None:
         """The model of that name, if this provider serves it."""
@@ -206,16 +215,23 @@ class Catalog(_Frozen):
 
 
 def load_catalog(path: Path) -> Catalog:
-    """Read and validate a catalog TOML file."""
+    """Read and validate a catalog TOML file.
+
+    Every table is validated, unknown ones included (a misspelt ``[tenant.acme]`` is an error, not a tenant
+    silently left on the default tier), and a tier's allow-list must name at least one provider of the
+    catalog (or ``*``): one that names none would leave every request of the tier without a route.
+    """
     with path.open("rb") as fh:
         raw = tomllib.load(fh)
-    return Catalog.model_validate(
-        {
-            "prices_read": raw.get("prices_read"),
-            "providers": raw.get("providers", {}),
-            **{k: raw[k] for k in ("tiers", "tenants", "routing", "cache_scopes") if k in raw},
-        }
-    )
+    catalog = Catalog.model_validate({"providers": {}, **raw})
+    for name in raw.get("tiers", {}):
+        allowed = catalog.tier(name).providers
+        if ALL_PROVIDERS not in allowed and not any(p in catalog.providers for p in allowed):
+            raise ValueError(
+                f"{path}: tier {name!r} allows {allowed}, none of which is a provider of this catalog "
+                f"({sorted(catalog.providers)})"
+            )
+    return catalog
 
 
 @lru_cache(maxsize=8)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from schemas.request import Message, Request
 from schemas.response import TokenUsage
-from streams.catalog import DEFAULT_TIERS, Catalog, RoutingSpec, TierSpec, load_catalog
+from streams.catalog import DEFAULT_TIERS, Catalog, ProviderSpec, RoutingSpec, TierSpec, load_catalog
 from streams.routing.cost import (
     actual_cost,
     approx_tokens,
@@ -104,3 +105,52 @@ def test_tiers_left_out_keep_their_defaults() -> None:
     assert catalog.tiers["pro"] == DEFAULT_TIERS["pro"]
     assert Catalog(providers={}).tiers == DEFAULT_TIERS
     assert catalog.with_base_url_override("http://127.0.0.1:1").tiers == catalog.tiers
+
+
+def _catalog_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    return path
+
+
+PROVIDER = """
+[providers.openai]
+adapter = "openai"
+base_url = "http://127.0.0.1:1/v1"
+
+[[providers.openai.models]]
+name = "m"
+input_per_mtok = 0.1
+output_per_mtok = 0.2
+quality = 0.8
+capabilities = ["chat"]
+context_window = 1000
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ("[tenant.bigco]\ntier = 'enterprise'\n", "tenant"),  # a misspelt table is an error, not ignored
+        ("[tiers.basic]\nproviders = ['opneai']\n", "none of which is a provider"),
+        ("[tenants.acme]\ntier = 'pro'\nmonthly_budget_usd = inf\n", "finite"),
+        ("[providers.openai.timeouts]\nread_s = 0\n", "greater than 0"),
+        ("[tiers.basic]\nproviders = ['openai', 'ollama']\n", None),  # an absent self-hosted one is fine
+    ],
+)
+def test_catalog_files_that_cannot_mean_anything_are_refused(tmp_path: Path, extra: str, complaint: str | None) -> None:
+    assert load_catalog(_catalog_file(tmp_path, PROVIDER)).providers["openai"].model("m") is not None
+    if complaint is None:
+        assert load_catalog(_catalog_file(tmp_path, PROVIDER + extra)).tier("basic").allows("openai")
+        return
+    with pytest.raises(ValueError, match=complaint):
+        load_catalog(_catalog_file(tmp_path, PROVIDER + extra))
+
+
+def test_a_price_of_inf_or_a_model_listed_twice_is_refused() -> None:
+    model = {"name": "m", "input_per_mtok": 1.0, "output_per_mtok": 1.0, "quality": 0.5, "capabilities": ["chat"]}
+    base = {"adapter": "openai", "base_url": "http://127.0.0.1:1/v1"}
+    with pytest.raises(ValueError, match="finite"):
+        ProviderSpec.model_validate({**base, "models": [{**model, "context_window": 10, "input_per_mtok": math.inf}]})
+    with pytest.raises(ValueError, match="listed twice"):
+        ProviderSpec.model_validate({**base, "models": [{**model, "context_window": 10}] * 2})
