@@ -21,7 +21,10 @@ class UsageEvent(Event):
     kind: Literal["chat", "embedding"] = "chat"
     provider: str
     model: str
-    status: Literal["ok", "error", "cached"]
+    status: Literal["ok", "error", "cached", "rejected"] = Field(
+        description="'rejected': the request ended without any provider call (attempt 0, $0); it only releases "
+        "the budget its admission reserved and is not stored by the analytics sink."
+    )
     error_reason: ErrorReason | None = None
     attempt: int = Field(default=1, ge=0)
     input_tokens: int = Field(default=0, ge=0)

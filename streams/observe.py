@@ -19,7 +19,7 @@ def observe_outbox(stage: str, outbox: Outbox) -> None:
                 metrics.observe_request_latency(
                     event.latency.total_ms / 1000, "ok" if event.status != "error" else "error"
                 )
-        elif isinstance(event, UsageEvent):
+        elif isinstance(event, UsageEvent) and event.status != "rejected":  # no call: nothing of the provider's
             metrics.observe_provider_latency(event.provider, event.model, event.latency_ms / 1000)
             if event.error_reason is not None:
                 metrics.record_provider_error(event.provider, event.error_reason.value)

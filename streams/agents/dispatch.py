@@ -1,8 +1,11 @@
 """Dispatch: call providers through breakers, rate limits, retries and fallback; answer; bill every attempt.
 
 For each routed request exactly one terminal Response is published (after its chunks, when
-streaming) and one UsageEvent per provider call that was made. ``handle`` never raises: anything
-unexpected becomes a typed INTERNAL error response.
+streaming) and one UsageEvent per provider call that was made. A request that ends without any call
+(every limiter saturated, every circuit open, the deadline gone first) gets one ``rejected`` usage
+event instead, at $0: the settle agent releases the budget its admission reserved (else the hold
+would block the tenant's budget until it expires); the analytics sink does not store it. ``handle``
+never raises: anything unexpected becomes a typed INTERNAL error response.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class DispatchStage:
             err = AifleetError(f"internal error: {type(exc).__name__}")
             run.outbox = [item for item in run.outbox if item[0] == self._topics.usage]
             run.outbox.append((routed.reply_topic, self._error_response(run, err, [], routed.route), None))
+        if not any(topic == self._topics.usage for topic, _, _ in run.outbox):
+            run.outbox.append(self._rejected(run))
         observe_outbox("dispatch", run.outbox)
         await publish_all(self._pub, run.outbox)
         await publish_fill(self._pub, self._topics, routed, run.outbox)
@@ -258,6 +263,29 @@ class DispatchStage:
                     request.tenant,
                 )
             )
+
+    def _rejected(self, run: _Run) -> tuple[str, UsageEvent, str]:
+        """The usage event of a request that ended without a provider call: $0, it releases its reservation."""
+        request, route = run.request, run.routed.route
+        response = next((e for _, e, _ in run.outbox if isinstance(e, Response)), None)
+        reason = response.error.reason if response is not None and response.error is not None else None
+        event = UsageEvent(
+            event_id=f"{request.request_id}:0",
+            request_id=request.request_id,
+            tenant=request.tenant,
+            tier=run.routed.tier,
+            kind=request.kind,
+            provider=route.provider,
+            model=route.model,
+            status="rejected",
+            error_reason=reason,
+            attempt=0,
+            streamed=request.stream,
+            route_reason=route.reason,
+            region=request.region,
+            worker=self._worker,
+        )
+        return (self._topics.usage, event, request.tenant)
 
 
 async def publish_fill(publisher: Publisher, topics: Topics, routed: RoutedRequest, outbox: Outbox) -> None:
