@@ -24,8 +24,13 @@ def _group() -> None:
 
 def _policy_table(results: list[PolicyResult], n: int, seed: int, tier: str) -> Table:
     premium = next(r.cost_usd for r in results if r.policy == "always-premium")
-    table = Table(title=f"Routing policies over {n} requests (seed {seed}, tier {tier})")
-    for col in ("policy", "cost USD", "per 1k req", "vs premium", "floor", "capability", "context", "providers"):
+    common = results[0].requests
+    title = f"Routing policies over {n} requests (seed {seed}, tier {tier})"
+    if common != n:
+        title += f": costs over the {common} that every policy could route"
+    table = Table(title=title)
+    columns = ("policy", "cost USD", "per 1k req", "vs premium", "floor", "capability", "context", "unrouted")
+    for col in (*columns, "providers"):
         table.add_column(col, justify="left" if col in ("policy", "providers") else "right")
     for r in results:
         table.add_row(
@@ -36,6 +41,7 @@ def _policy_table(results: list[PolicyResult], n: int, seed: int, tier: str) -> 
             str(r.floor_violations),
             str(r.capability_violations),
             str(r.context_violations),
+            str(r.unrouted),
             ", ".join(f"{p} {c}" for p, c in sorted(r.providers.items(), key=lambda kv: -kv[1])),
         )
     return table

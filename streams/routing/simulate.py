@@ -133,34 +133,51 @@ def _check(
 
 
 def compare_policies(catalog: Catalog, sims: list[SimRequest], tier: str = "pro") -> list[PolicyResult]:
-    """Cost and violations of cost-aware, always-premium and round-robin routing over ``sims``."""
+    """Cost and violations of cost-aware, always-premium and round-robin routing over ``sims``.
+
+    Every policy keeps to the tier's provider allow-list. Costs and violations are summed over the requests
+    that all three policies could route (so the costs compare like with like); each policy's ``unrouted``
+    counts the requests it could not route.
+    """
     router = CostAwareRouter(catalog)
-    tier_floor = catalog.tier(tier).quality_floor
-    models = [(p, m) for p, spec in catalog.providers.items() for m in spec.models]
+    tier_spec = catalog.tier(tier)
+    models = [(p, m) for p, spec in catalog.providers.items() if tier_spec.allows(p) for m in spec.models]
     kind_cap = {"chat": "chat", "embedding": "embeddings"}
-    rr = {kind: cycle([(p, m) for p, m in models if cap in m.capabilities]) for kind, cap in kind_cap.items()}
+    rr = {kind: [(p, m) for p, m in models if cap in m.capabilities] for kind, cap in kind_cap.items()}
+    turns = {kind: cycle(pairs) for kind, pairs in rr.items() if pairs}
     premium = {
         kind: max(
-            ((p, m) for p, m in models if cap in m.capabilities and (kind != "chat" or "streaming" in m.capabilities)),
+            options,
             key=lambda pm: (pm[1].quality, -(pm[1].input_per_mtok + pm[1].output_per_mtok)),
         )
         for kind, cap in kind_cap.items()
+        if (
+            options := [
+                (p, m) for p, m in models if cap in m.capabilities and (kind != "chat" or "streaming" in m.capabilities)
+            ]
+        )
     }
     results = {name: PolicyResult(name) for name in ("cost-aware", "always-premium", "round-robin")}
     for sim in sims:
         req = sim.request
         est = estimate_tokens(req, catalog.routing)
-        default_floor = tier_floor if req.kind == "chat" else 0.0  # the router's rule: tier floors rate chat
+        default_floor = tier_spec.quality_floor if req.kind == "chat" else 0.0  # the router's rule: floors rate chat
         floor = req.quality_floor if req.quality_floor is not None else default_floor
-        plan = None
+        choices: dict[str, tuple[str, ModelSpec] | None] = {}
         try:
             plan = router.plan(req, tier=tier)
+            choices["cost-aware"] = (plan.chosen.provider, plan.chosen.model)
         except Exception:  # noqa: BLE001  # counted, not fatal: a simulation reports what it could not route
-            results["cost-aware"].unrouted += 1
-        if plan is not None:
-            _check(results["cost-aware"], sim, floor, est, plan.chosen.provider, plan.chosen.model)
-        _check(results["always-premium"], sim, floor, est, *premium[req.kind])
-        _check(results["round-robin"], sim, floor, est, *next(rr[req.kind]))
+            choices["cost-aware"] = None
+        choices["always-premium"] = premium.get(req.kind)
+        choices["round-robin"] = next(turns[req.kind]) if req.kind in turns else None
+        for name, choice in choices.items():
+            if choice is None:
+                results[name].unrouted += 1
+        if all(choice is not None for choice in choices.values()):
+            for name, choice in choices.items():
+                assert choice is not None
+                _check(results[name], sim, floor, est, *choice)
     return list(results.values())
 
 

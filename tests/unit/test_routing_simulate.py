@@ -38,6 +38,18 @@ def test_policy_is_cheapest_and_meets_every_floor(catalog: Catalog) -> None:
     assert policy.cost_usd < rr.cost_usd
 
 
+def test_every_policy_keeps_to_the_tier_and_costs_compare_over_the_same_requests(catalog: Catalog) -> None:
+    n = 400
+    results = {r.policy: r for r in compare_policies(catalog, workload(n, seed=7, tier="free"), tier="free")}
+    free = catalog.tier("free")
+    assert results["cost-aware"].unrouted > 0  # the self-hosted models miss some floors and contexts
+    common = results["cost-aware"].requests
+    assert common + results["cost-aware"].unrouted == n
+    for r in results.values():
+        assert r.requests == common  # summed over the requests every policy routed
+        assert all(free.allows(p) for p in r.providers), r.providers
+
+
 def test_overflow_goes_to_secondaries_within_limits(catalog: Catalog) -> None:
     o = overflow(catalog, demand=1.25, seconds=60, warmup_s=20)
     by_role = role_counts(o)
