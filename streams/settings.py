@@ -87,6 +87,17 @@ class ResilienceSettings(_Section):
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
+    fallback_reserve: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of the remaining deadline a provider call leaves for the fallbacks after it.",
+    )
+    timeout_blame_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A call cut by its time cap counts against the breaker only if it was given this long.",
+    )
 
 
 class InferSettings(_Section):
