@@ -55,6 +55,10 @@ ERROR_TYPE_STATUS: dict[str, int] = {
 }
 
 
+REFUSAL_FINISH: frozenset[str | None] = frozenset({"content_filter", "refusal"})
+"""Finish reasons (normalised to the OpenAI vocabulary, plus Anthropic's own) that mean the provider refused."""
+
+
 def client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
     """aiohttp's timeout object for a provider's connect/read/total limits."""
     return aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s, sock_read=t.read_s)
@@ -177,6 +181,7 @@ def raise_stream_error(provider: str, error: Any, default_status: int = 500) -> 
 async def guard_stream(provider: str, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
     """Enforce the stream contract around an adapter's raw event generator.
 
+    A stream that ends with a refusal / content-filter finish reason and no text raises ``ContentFiltered``.
     Any failure before the first ``StreamDelta`` surfaces as the typed (often retryable) provider error;
     any failure after a delta went out becomes ``StreamInterrupted``. The stream must end with exactly one
     ``StreamEnd``; ending without one is a malformed reply (or an interruption, after deltas).
@@ -205,6 +210,11 @@ async def guard_stream(provider: str, events: AsyncIterator[StreamEvent]) -> Asy
                 sent_delta = True
             elif isinstance(event, StreamEnd):
                 ended = True
+                if not sent_delta and event.finish_reason in REFUSAL_FINISH:
+                    # as complete() does: a refusal with no text is an error, never a clean empty answer
+                    raise ContentFiltered(
+                        f"{provider} refused the request (finish_reason {event.finish_reason})", provider=provider
+                    )
             yield event
     finally:
         aclose = getattr(it, "aclose", None)

@@ -9,6 +9,7 @@ import pytest
 
 from infra.emulator.testing import RunningEmulator, running_emulator, test_catalog
 from schemas.request import Message, Request
+from schemas.response import TokenUsage
 from streams.catalog import Timeouts
 from streams.errors import (
     AuthenticationFailed,
@@ -22,7 +23,8 @@ from streams.errors import (
     RateLimited,
     StreamInterrupted,
 )
-from streams.providers.base import Provider, StreamDelta, StreamEnd
+from streams.providers.base import Provider, StreamDelta, StreamEnd, StreamEvent
+from streams.providers.http import guard_stream
 from streams.providers.registry import build_provider
 from streams.settings import ProviderKeys
 
@@ -213,3 +215,30 @@ async def test_unreachable_provider_is_unavailable() -> None:
             await provider.complete(req(), "claude-3-5-haiku-20241022")
     finally:
         await provider.aclose()
+
+
+async def test_refused_stream_is_content_filtered(providers: dict[str, Provider], emulator: RunningEmulator) -> None:
+    # Anthropic answers a blocked prompt with stop_reason "refusal" and no text, in a stream as in a reply
+    emulator.set_profile("anthropic", blocked_words=["forbidden"])
+    with pytest.raises(ContentFiltered):
+        [e async for e in providers["anthropic"].stream(req("say something forbidden"), "claude-3-5-haiku-20241022")]
+
+
+@pytest.mark.parametrize("finish", ["content_filter", "refusal"])
+async def test_stream_guard_turns_a_textless_refusal_into_content_filtered(finish: str) -> None:
+    # OpenAI/Azure: a 200 stream whose only choice ends with finish_reason "content_filter" and no text
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamDelta("")
+        yield StreamEnd(model="m", usage=TokenUsage(input_tokens=9), finish_reason=finish)
+
+    with pytest.raises(ContentFiltered):
+        [e async for e in guard_stream("azure", events())]
+
+
+async def test_stream_guard_passes_a_filter_after_text() -> None:
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamDelta("partial")
+        yield StreamEnd(model="m", usage=TokenUsage(input_tokens=9, output_tokens=1), finish_reason="content_filter")
+
+    seen = [e async for e in guard_stream("azure", events())]
+    assert isinstance(seen[-1], StreamEnd) and seen[-1].finish_reason == "content_filter"

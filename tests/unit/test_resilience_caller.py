@@ -374,3 +374,16 @@ async def test_stream_closed_early_records_a_cancelled_attempt(providers: dict[s
     await stream.aclose()
     assert [(a.provider, a.outcome) for a in stream.attempts] == [("openai", "cancelled")]
     assert board["openai"].consecutive_failures == 0
+
+
+async def test_refused_stream_stops_the_chain_with_content_filtered(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("anthropic", blocked_words=["forbidden"])
+    caller, _, _, clock = make(providers)
+    request = Request(request_id="refuse-1", tenant="acme", messages=[Message(role="user", content="forbidden")])
+    stream = caller.stream(request, [ANTHROPIC, OPENAI], Deadline.after(10, clock))
+    events = await collect(stream)
+    assert len(events) == 1 and isinstance(events[0], StreamError)
+    assert events[0].error.reason == ErrorReason.CONTENT_FILTERED
+    assert emulator.calls("openai") == 0
