@@ -21,7 +21,9 @@ from streams.errors import (
     ContentFiltered,
     ContextLengthExceeded,
     MalformedProviderResponse,
+    ModelNotFound,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -44,6 +46,9 @@ ERROR_TYPE_STATUS: dict[str, int] = {
     "invalid_api_key": 401,
     "permission_error": 403,
     "not_found_error": 404,
+    "DeploymentNotFound": 404,
+    "model_not_found": 404,
+    "insufficient_quota": 429,
     "request_too_large": 413,
     "rate_limit_error": 429,
     "rate_limit_exceeded": 429,
@@ -54,6 +59,9 @@ ERROR_TYPE_STATUS: dict[str, int] = {
     "service_unavailable": 503,
 }
 
+
+QUOTA_CODES: frozenset[str] = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+"""Error codes a 429 carries when the account's quota or billing is spent, not its rate limit."""
 
 REFUSAL_FINISH: frozenset[str | None] = frozenset({"content_filter", "refusal"})
 """Finish reasons (normalised to the OpenAI vocabulary, plus Anthropic's own) that mean the provider refused."""
@@ -108,13 +116,20 @@ def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> N
     # provider text can quote the key the request presented: it never travels on in an error message
     msg = redact_keys(f"{provider} answered HTTP {status}: {text or code or 'no detail'}")
     lowered = f"{code} {text}".lower()
+    if status == 402 or (status == 429 and any(q in lowered for q in QUOTA_CODES)):
+        # the account is out of quota or credit: waiting does not help, another provider may answer
+        raise ProviderQuotaExhausted(msg, provider=provider)
     if status == 429:
         raise RateLimited(msg, provider=provider, retry_after_s=parse_retry_after(headers))
     if status in (401, 403):
         raise AuthenticationFailed(msg, provider=provider)
     if status in (408, 504):
         raise ProviderTimeout(msg, provider=provider)
-    if status in (400, 404, 413, 422):
+    if status == 404:
+        # the model or deployment is not there (Azure DeploymentNotFound, Ollama "model not found"): that
+        # provider's configuration, not the request, so the chain falls back
+        raise ModelNotFound(msg, provider=provider)
+    if status in (400, 413, 422):
         if "context_length" in lowered or "maximum context" in lowered or "too long" in lowered:
             raise ContextLengthExceeded(msg, provider=provider)
         if "content_filter" in lowered or "content management policy" in lowered:

@@ -27,6 +27,8 @@ from streams.errors import (
     AifleetError,
     AuthenticationFailed,
     MalformedProviderResponse,
+    ModelNotFound,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -43,12 +45,15 @@ _HEALTH_FAILURES = (
     ProviderTimeout,
     MalformedProviderResponse,
     AuthenticationFailed,
+    ModelNotFound,
+    ProviderQuotaExhausted,
     StreamInterrupted,
 )
 
 
 def is_health_failure(exc: BaseException) -> bool:
-    """True when an error says the provider is unhealthy (5xx, unreachable, timeouts, broken bodies, bad key)."""
+    """True when an error says the provider is unhealthy (5xx, unreachable, timeouts, broken bodies, bad key,
+    a missing model or deployment, an exhausted account)."""
     return isinstance(exc, _HEALTH_FAILURES)
 
 

@@ -17,14 +17,16 @@ from streams.errors import (
     ContentFiltered,
     ContextLengthExceeded,
     MalformedProviderResponse,
+    ModelNotFound,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     StreamInterrupted,
 )
 from streams.providers.base import Provider, StreamDelta, StreamEnd, StreamEvent
-from streams.providers.http import guard_stream
+from streams.providers.http import guard_stream, raise_for_status, raise_stream_error
 from streams.providers.registry import build_provider
 from streams.settings import ProviderKeys
 
@@ -39,7 +41,8 @@ STATUS = [
     (400, BadRequest),
     (401, AuthenticationFailed),
     (403, AuthenticationFailed),
-    (404, BadRequest),
+    (402, ProviderQuotaExhausted),
+    (404, ModelNotFound),
     (408, ProviderTimeout),
     (500, ProviderUnavailable),
     (502, ProviderUnavailable),
@@ -242,3 +245,25 @@ async def test_stream_guard_passes_a_filter_after_text() -> None:
 
     seen = [e async for e in guard_stream("azure", events())]
     assert isinstance(seen[-1], StreamEnd) and seen[-1].finish_reason == "content_filter"
+
+
+QUOTA_BODY = b'{"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "code": null}}'
+
+
+def test_insufficient_quota_429_is_quota_exhausted_not_a_rate_limit() -> None:
+    with pytest.raises(ProviderQuotaExhausted) as caught:
+        raise_for_status("openai", 429, {"Retry-After": "1"}, QUOTA_BODY)
+    assert not caught.value.retryable and caught.value.provider == "openai"
+    with pytest.raises(ProviderQuotaExhausted):  # the same error arriving inside a 200 stream
+        raise_stream_error("openai", {"type": "insufficient_quota", "message": "quota"})
+    with pytest.raises(RateLimited):  # a plain rate limit is still one
+        raise_for_status("openai", 429, {}, b'{"error": {"type": "rate_limit_exceeded", "message": "slow down"}}')
+
+
+def test_deployment_not_found_is_model_not_found() -> None:
+    body = b'{"error": {"code": "DeploymentNotFound", "message": "The API deployment does not exist."}}'
+    with pytest.raises(ModelNotFound) as caught:
+        raise_for_status("azure", 404, {}, body)
+    assert not caught.value.retryable
+    with pytest.raises(ModelNotFound):
+        raise_stream_error("anthropic", {"type": "not_found_error", "message": "model: claude-9"})

@@ -387,3 +387,33 @@ async def test_refused_stream_stops_the_chain_with_content_filtered(
     assert len(events) == 1 and isinstance(events[0], StreamError)
     assert events[0].error.reason == ErrorReason.CONTENT_FILTERED
     assert emulator.calls("openai") == 0
+
+
+async def test_provider_404_falls_back_and_counts_against_the_breaker(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", error_rates={404: 1.0})  # e.g. the model/deployment is missing there
+    caller, board, _, clock = make(providers)
+    result = await caller.complete(req(), CHAIN, Deadline.after(10, clock))
+    assert result.ok and result.provider == "anthropic"
+    assert [(a.provider, a.reason) for a in result.attempts] == [
+        ("openai", ErrorReason.MODEL_NOT_FOUND),
+        ("anthropic", None),
+    ]
+    assert emulator.calls("openai") == 1 and board["openai"].consecutive_failures == 1
+
+
+async def test_exhausted_quota_is_called_once_then_falls_back(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", error_rates={402: 1.0})
+    caller, board, _, clock = make(providers, policy=RetryPolicy(max_attempts=3, base_delay_s=0.01))
+    for n in (1, 2):
+        result = await caller.complete(req(), CHAIN, Deadline.after(10, clock))
+        assert result.ok and result.provider == "anthropic"
+        assert [(a.provider, a.reason) for a in result.attempts] == [
+            ("openai", ErrorReason.PROVIDER_QUOTA_EXHAUSTED),
+            ("anthropic", None),
+        ]
+        assert emulator.calls("openai") == n and board["openai"].consecutive_failures == n
+    assert clock.slept == []
