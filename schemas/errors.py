@@ -28,6 +28,8 @@ class ErrorReason(StrEnum):
     PROVIDER_QUOTA_EXHAUSTED = "provider_quota_exhausted"
     """The provider account's quota or billing is used up (HTTP 402, or 429 ``insufficient_quota``)."""
     MALFORMED_PROVIDER_RESPONSE = "malformed_provider_response"
+    EXCEEDS_RATE_LIMIT = "exceeds_rate_limit"
+    """The request needs more tokens than the rate-limit share that serves it can ever grant (not retryable)."""
     QUOTA_EXCEEDED = "quota_exceeded"
     BUDGET_EXCEEDED = "budget_exceeded"
     NO_PROVIDER = "no_provider"

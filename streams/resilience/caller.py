@@ -57,7 +57,7 @@ from streams.errors import (
 from streams.providers.base import Completion, Embeddings, Provider, StreamDelta, StreamEnd
 from streams.resilience.circuit_breaker import BreakerBoard
 from streams.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
-from streams.resilience.errors import CircuitOpen, RateLimitSaturated
+from streams.resilience.errors import CircuitOpen, RateLimitSaturated, RequestExceedsRateLimit
 from streams.resilience.retry import RetryPolicy
 from streams.resilience.token_bucket import ProviderLimiter
 
@@ -263,6 +263,11 @@ class ResilientCaller:
             return last
         waits = [a.error.retry_after_s for a in attempts if a.error is not None and a.error.retry_after_s]
         detail = "; ".join(f"{a.provider}: {a.outcome}" for a in attempts) or "empty fallback chain"
+        too_large = [a.error for a in attempts if isinstance(a.error, RequestExceedsRateLimit)]
+        if attempts and len(too_large) == len(attempts):
+            # No provider's share can ever take a request this large: retrying it as it is cannot help.
+            first = too_large[0]
+            return RequestExceedsRateLimit(f"{first.message} ({detail})", provider=first.provider)
         if attempts and all(a.outcome == "rate_limited" for a in attempts):
             # Every provider is up but our share of its rate limit is used: the client is rate limited.
             soonest = min(attempts, key=lambda a: a.error.retry_after_s or math.inf if a.error else math.inf)

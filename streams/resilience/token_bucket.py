@@ -7,7 +7,8 @@ in one window, over a provider's per-minute limit. ``TokenBucket`` therefore com
 window; the log holds one entry per grant still inside the window.
 
 ``acquire(tokens, timeout)`` waits at most ``timeout`` seconds (on the injected clock) for
-capacity, else raises ``RateLimitSaturated`` with ``retry_after_s`` set to when capacity frees up.
+capacity, else raises ``RateLimitSaturated`` with ``retry_after_s`` set to when capacity frees up
+(``RequestExceedsRateLimit``, not retryable, when the request is larger than the bucket can ever grant).
 ``ProviderLimiter`` takes one request from the rpm bucket and ``tokens`` from the tpm bucket together.
 """
 
@@ -17,7 +18,7 @@ import math
 from collections import deque
 
 from streams.resilience.clock import SYSTEM_CLOCK, Clock
-from streams.resilience.errors import RateLimitSaturated
+from streams.resilience.errors import RateLimitSaturated, RequestExceedsRateLimit
 
 _EPS = 1e-9
 
@@ -122,8 +123,11 @@ async def acquire_all(wants: list[tuple[TokenBucket, float]], timeout: float, cl
             return
         now = clock.monotonic()
         if math.isinf(wait):
-            raise RateLimitSaturated(
-                f"{name or 'rate limit'}: request is larger than the whole limit", provider=name or None
+            bucket, n = next((b, n) for b, n in wants if math.isinf(b.wait_time(n)))
+            raise RequestExceedsRateLimit(
+                f"{bucket.name or name or 'rate limit'}: the request needs {n:g} units but this worker's share "
+                f"allows at most {bucket.capacity:g} at once, so it can never be sent here; ask for fewer tokens",
+                provider=name or None,
             )
         if now + wait > give_up_at + _EPS:
             raise RateLimitSaturated(

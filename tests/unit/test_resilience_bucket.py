@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.errors import ErrorReason
 from streams.catalog import ModelSpec, ProviderSpec
 from streams.errors import AifleetError
-from streams.resilience import FakeClock, ProviderLimiter, RateLimitSaturated, TokenBucket
+from streams.resilience import FakeClock, ProviderLimiter, RateLimitSaturated, RequestExceedsRateLimit, TokenBucket
 from streams.resilience.limits import provider_share, share_for, split
 
 
@@ -68,9 +69,11 @@ async def test_acquire_waits_a_bounded_time_or_raises_saturated() -> None:
     assert clock.monotonic() == start  # gave up without waiting: the wait would pass the timeout
     await bucket.acquire(1, timeout=1.5)
     assert clock.monotonic() - start == pytest.approx(1.0)
-    with pytest.raises(RateLimitSaturated) as too_big:
+    with pytest.raises(RequestExceedsRateLimit) as too_big:
         await bucket.acquire(5, timeout=100)
     assert too_big.value.retry_after_s is None
+    assert not too_big.value.retryable and too_big.value.reason == ErrorReason.EXCEEDS_RATE_LIMIT
+    assert "can never be sent" in too_big.value.message
 
 
 async def test_provider_limiter_takes_requests_and_tokens_together() -> None:

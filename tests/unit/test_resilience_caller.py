@@ -181,6 +181,29 @@ async def test_saturated_local_rate_limit_falls_back(providers: dict[str, Provid
     assert emulator.calls("openai") == 1
 
 
+async def test_a_request_larger_than_every_tpm_share_is_not_retryable(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    clock = FakeClock()
+    limiters = {name: ProviderLimiter(name, rpm=60, tpm=1_000, clock=clock) for name in ("openai", "anthropic")}
+    caller, _, _, _ = make(providers, clock=clock, limiters=limiters)
+    request = Request(
+        request_id="big-1", tenant="acme", messages=[Message(role="user", content="hi")], max_tokens=5_000
+    )
+    result = await caller.complete(request, CHAIN, Deadline.after(10, clock))
+    assert result.error is not None
+    info = result.error.to_info()
+    assert info.reason == ErrorReason.EXCEEDS_RATE_LIMIT and not info.retryable and info.retry_after_s is None
+    assert emulator.calls("openai") == 0 and emulator.calls("anthropic") == 0
+    # one provider too small, the other merely saturated: still a retryable rate limit, with its wait
+    limiters["anthropic"] = ProviderLimiter("anthropic", rpm=60, tpm=100_000, burst=1, clock=clock)
+    assert limiters["anthropic"].requests.try_acquire()
+    caller, _, _, _ = make(providers, clock=clock, limiters=limiters, limiter_wait_s=0.2)
+    result = await caller.complete(request, CHAIN, Deadline.after(10, clock))
+    assert result.error is not None and result.error.reason == ErrorReason.RATE_LIMITED and result.error.retryable
+    assert result.error.retry_after_s == pytest.approx(1.0)
+
+
 async def test_every_provider_rate_limited_is_rate_limited_not_no_provider(
     providers: dict[str, Provider], emulator: RunningEmulator
 ) -> None:
