@@ -17,6 +17,7 @@ AifleetError
 │   ├── AuthenticationFailed
 │   ├── ModelNotFound             the provider lacks the model/deployment (404): fall back, breaker counts
 │   └── ProviderQuotaExhausted    the provider account's quota/billing is spent: fall back, breaker counts
+├── LocalCallError                a provider call could not be built or sent here: never blamed on the provider
 ├── StreamInterrupted             a stream broke after chunks went out
 ├── NoProviderAvailable           routing found nothing that can serve the request
 ├── DeadlineExceeded
@@ -164,6 +165,14 @@ class ProviderQuotaExhausted(ProviderError):
     falls back."""
 
     reason = ErrorReason.PROVIDER_QUOTA_EXHAUSTED
+
+
+class LocalCallError(AifleetError):
+    """A provider call could not be built or sent by this process (a header aiohttp refuses, a bad URL
+    or body): aifleet's configuration or a bug, not the provider's health. No breaker counts it; not
+    retried there; the fallback chain moves on (another provider's call is built differently)."""
+
+    reason = ErrorReason.INTERNAL
 
 
 class StreamInterrupted(AifleetError):

@@ -20,6 +20,7 @@ from streams.errors import (
     BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
+    LocalCallError,
     MalformedProviderResponse,
     ModelNotFound,
     ProviderError,
@@ -152,7 +153,26 @@ def map_exceptions(provider: str) -> Iterator[None]:
     except (aiohttp.ClientError, ConnectionError, OSError) as exc:
         raise ProviderUnavailable(f"{provider} unreachable: {type(exc).__name__}", provider=provider) from exc
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # only reached for the reply: building and sending the request goes through ``send``
         raise MalformedProviderResponse(f"{provider} sent a malformed body: {exc!r}", provider=provider) from exc
+
+
+async def send(provider: str, session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    """POST ``url`` (use as ``async with await send(...) as resp``).
+
+    A ``ValueError``/``TypeError`` raised while the request is built or sent (e.g. aiohttp refusing a header
+    with a control character) is our fault, not the provider's: ``LocalCallError``, which no breaker counts.
+    The exception's text is not kept: it could quote a header value.
+    """
+    try:
+        return await session.post(url, **kwargs)
+    except aiohttp.ClientError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise LocalCallError(
+            f"{provider}: the call could not be built here ({type(exc).__name__}); check its key and base_url",
+            provider=provider,
+        ) from None
 
 
 def loads_json(provider: str, body: bytes) -> Any:

@@ -26,6 +26,7 @@ from schemas.health import CircuitState, ProviderHealth
 from streams.errors import (
     AifleetError,
     AuthenticationFailed,
+    LocalCallError,
     MalformedProviderResponse,
     ModelNotFound,
     ProviderQuotaExhausted,
@@ -58,8 +59,8 @@ def is_health_failure(exc: BaseException) -> bool:
 
 
 def is_neutral(exc: BaseException) -> bool:
-    """True when an error says nothing about health (rate limiting, our own gating, cancellation)."""
-    return isinstance(exc, RateLimited) or not isinstance(exc, AifleetError)
+    """True when an error says nothing about health (rate limiting, our own gating or failures, cancellation)."""
+    return isinstance(exc, RateLimited | LocalCallError) or not isinstance(exc, AifleetError)
 
 
 class CircuitBreaker:

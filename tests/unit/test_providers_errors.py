@@ -6,6 +6,7 @@ import itertools
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 
 from infra.emulator.testing import RunningEmulator, running_emulator, test_catalog
 from schemas.request import Message, Request
@@ -16,6 +17,7 @@ from streams.errors import (
     BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
+    LocalCallError,
     MalformedProviderResponse,
     ModelNotFound,
     ProviderError,
@@ -27,7 +29,9 @@ from streams.errors import (
 )
 from streams.providers.base import Provider, StreamDelta, StreamEnd, StreamEvent
 from streams.providers.http import guard_stream, raise_for_status, raise_stream_error
+from streams.providers.openai import OpenAIProvider
 from streams.providers.registry import build_provider
+from streams.resilience import BreakerBoard, Deadline, ResilientCaller
 from streams.settings import ProviderKeys
 
 CHAT = [
@@ -267,3 +271,30 @@ def test_deployment_not_found_is_model_not_found() -> None:
     assert not caught.value.retryable
     with pytest.raises(ModelNotFound):
         raise_stream_error("anthropic", {"type": "not_found_error", "message": "model: claude-9"})
+
+
+async def test_a_request_that_cannot_be_built_is_local_not_the_providers_fault(emulator: RunningEmulator) -> None:
+    # an adapter handed a key with a newline (bypassing settings): aiohttp refuses the header before any call
+    secret = "sk-proj-SECRETSECRET1234"
+    spec = test_catalog().with_base_url_override(emulator.url).providers["openai"]
+    bad = OpenAIProvider("openai", spec, SecretStr(secret + "\n"))
+    good = build_provider(
+        "anthropic", test_catalog().with_base_url_override(emulator.url).providers["anthropic"], ProviderKeys()
+    )
+    try:
+        with pytest.raises(LocalCallError) as caught:
+            await bad.complete(req(), "gpt-4o-mini")
+        assert secret not in str(caught.value) and not caught.value.retryable
+        with pytest.raises(LocalCallError):
+            await drain(bad, "gpt-4o-mini")
+        board = BreakerBoard(failure_threshold=1)
+        caller = ResilientCaller({"openai": bad, "anthropic": good}, board)
+        result = await caller.complete(
+            req(), [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-20241022")], Deadline.after(10)
+        )
+        assert result.ok and result.provider == "anthropic"
+        assert board["openai"].state == "closed" and board["openai"].consecutive_failures == 0
+        assert emulator.calls("openai") == 0
+    finally:
+        await bad.aclose()
+        await good.aclose()
