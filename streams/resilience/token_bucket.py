@@ -106,6 +106,14 @@ class TokenBucket:
         """Take ``tokens``, waiting at most ``timeout`` seconds; else raise ``RateLimitSaturated``."""
         await acquire_all([(self, tokens)], timeout, self._clock, self.name)
 
+    def charge(self, units: float) -> None:
+        """Count ``units`` as granted now without taking them from the burst (they free after the window)."""
+        if units <= 0:
+            return
+        self._refill(self._clock.monotonic())
+        self._log.append((self._clock.monotonic(), units))
+        self._in_window += units
+
     def granted_in_window(self) -> float:
         """Units granted within the last ``window_s`` seconds."""
         self._refill(self._clock.monotonic())
@@ -164,10 +172,20 @@ class ProviderLimiter:
 
         A zero share (no owned partition, or a limit smaller than the partition count) blocks the
         limiter: every acquire is refused as rate-limited until a rebalance gives it a share again.
+
+        A share that grows (partitions gained from another worker, or a blocked limiter given a share)
+        has the gained part charged as used now: the previous owner's calls of the last window still
+        count at the provider, so the gained capacity frees only one window later. The first share a
+        freshly built limiter is given (a decrease from the catalog limits it was built with) charges
+        nothing: a new process cannot know what the partitions' previous owner sent.
         """
         if rpm <= 0 or tpm <= 0 or (burst is not None and burst <= 0):
             self.blocked = True
             return
+        old_rpm = 0.0 if self.blocked else self.requests.limit
+        old_tpm = 0.0 if self.blocked else self.tokens.limit
         self.blocked = False
         self.requests.set_limit(rpm, burst)
         self.tokens.set_limit(tpm)
+        self.requests.charge(rpm - old_rpm)
+        self.tokens.charge(tpm - old_tpm)

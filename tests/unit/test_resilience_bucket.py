@@ -130,9 +130,36 @@ def test_any_assignment_of_partitions_never_exceeds_the_limit(limit: int, parts:
 
 
 async def test_a_zero_share_blocks_the_limiter_until_a_rebalance_gives_it_one_again() -> None:
-    limiter = ProviderLimiter("openai", rpm=60, tpm=6000, burst=5)
+    clock = FakeClock()
+    limiter = ProviderLimiter("openai", rpm=60, tpm=6000, burst=5, clock=clock)
     limiter.resize(rpm=0, tpm=0, burst=0)  # the worker owns no partition after a rebalance
     with pytest.raises(RateLimitSaturated):
         await limiter.acquire(10)
     limiter.resize(rpm=30, tpm=3000, burst=2)
+    # the share it gained was its previous owner's: charged for one window, then usable
+    with pytest.raises(RateLimitSaturated):
+        await limiter.acquire(10)
+    clock.advance(60.0)
     await limiter.acquire(10)
+
+
+async def test_a_grown_share_charges_the_gained_part_for_one_window() -> None:
+    # A owns 2 of 4 partitions of a 600 rpm provider (300), then gains the other 2 from B, whose calls of
+    # the last window still count at the provider: the gained 300 free only a window after the rebalance.
+    clock = FakeClock(start=0.0)
+    a = ProviderLimiter("openai", rpm=600, tpm=10**9, burst=600, clock=clock)
+    a.resize(rpm=300, tpm=10**8, burst=300)  # the first share: nothing charged
+    assert a.requests.granted_in_window() == 0
+    clock.advance(30)
+    a.resize(rpm=600, tpm=2 * 10**8, burst=600)  # B left at t=30 after sending its 300
+    assert a.requests.granted_in_window() == 300 and a.tokens.granted_in_window() == 10**8
+    sent = 0
+    while clock.monotonic() < 89.0:
+        try:
+            await a.acquire(1)
+            sent += 1
+        except RateLimitSaturated:
+            clock.advance(0.5)
+    assert sent <= 300  # with B's 300 in [30, 90): never over 600 in the window
+    clock.advance(1.0)  # t >= 90: the charge expired
+    assert a.requests.wait_time(1) <= 1.0
