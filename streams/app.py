@@ -103,7 +103,15 @@ def build_caller(
     policy = RetryPolicy(
         max_attempts=r.retry_attempts, base_delay_s=r.retry_base_delay_s, max_delay_s=r.retry_max_delay_s
     )
-    caller = ResilientCaller(providers, board, limiters, policy=policy, limiter_wait_s=r.limiter_wait_s)
+    caller = ResilientCaller(
+        providers,
+        board,
+        limiters,
+        policy=policy,
+        limiter_wait_s=r.limiter_wait_s,
+        fallback_reserve=r.fallback_reserve,
+        timeout_blame_s=r.timeout_blame_s,
+    )
     return caller, limiters
 
 

@@ -14,7 +14,10 @@ AifleetError
 │   ├── BadRequest
 │   ├── ContextLengthExceeded
 │   ├── ContentFiltered
-│   └── AuthenticationFailed
+│   ├── AuthenticationFailed
+│   ├── ModelNotFound             the provider lacks the model/deployment (404): fall back, breaker counts
+│   └── ProviderQuotaExhausted    the provider account's quota/billing is spent: fall back, breaker counts
+├── LocalCallError                a provider call could not be built or sent here: never blamed on the provider
 ├── StreamInterrupted             a stream broke after chunks went out
 ├── NoProviderAvailable           routing found nothing that can serve the request
 ├── DeadlineExceeded
@@ -146,6 +149,30 @@ class ContentFiltered(ProviderError):
 
 class AuthenticationFailed(ProviderError):
     reason = ErrorReason.AUTHENTICATION
+
+
+class ModelNotFound(ProviderError):
+    """The provider does not serve the model or deployment it was asked for (Azure DeploymentNotFound,
+    Ollama "model not found"): a configuration problem at that provider, so another provider may answer.
+    Not retried there; counted by its breaker; the fallback chain continues."""
+
+    reason = ErrorReason.MODEL_NOT_FOUND
+
+
+class ProviderQuotaExhausted(ProviderError):
+    """The provider account's quota or billing is used up (HTTP 402, OpenAI 429 ``insufficient_quota``).
+    Unlike a rate limit, waiting does not help: not retried there; counted by its breaker; the chain
+    falls back."""
+
+    reason = ErrorReason.PROVIDER_QUOTA_EXHAUSTED
+
+
+class LocalCallError(AifleetError):
+    """A provider call could not be built or sent by this process (a header aiohttp refuses, a bad URL
+    or body): aifleet's configuration or a bug, not the provider's health. No breaker counts it; not
+    retried there; the fallback chain moves on (another provider's call is built differently)."""
+
+    reason = ErrorReason.INTERNAL
 
 
 class StreamInterrupted(AifleetError):

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.request import Tier
@@ -87,6 +87,17 @@ class ResilienceSettings(_Section):
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
+    fallback_reserve: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of the remaining deadline a provider call leaves for the fallbacks after it.",
+    )
+    timeout_blame_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A call cut by its time cap counts against the breaker only if it was given this long.",
+    )
 
 
 class InferSettings(_Section):
@@ -150,14 +161,41 @@ class EmulatorSettings(_Section):
     latency_ms: float = 0.0
 
 
+def clean_api_key(value: SecretStr | None, where: str) -> SecretStr | None:
+    """``value`` with surrounding whitespace stripped (a secrets file's trailing newline); None when empty.
+
+    A key with whitespace or control characters inside it could never travel in a header: ``ValueError``
+    naming ``where``, never quoting the key.
+    """
+    if value is None:
+        return None
+    key = value.get_secret_value().strip()
+    if not key:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise ValueError(f"{where}: the API key has whitespace or control characters inside it")
+    return value if key == value.get_secret_value() else SecretStr(key)
+
+
 class ProviderKeys(_Section):
-    """API keys, from the environment or a secrets directory only."""
+    """API keys, from the environment or a secrets directory only.
+
+    Keys are stripped of surrounding whitespace (a secrets file's trailing newline); a key with whitespace
+    or control characters inside is a configuration error, reported without the key.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     openai: SecretStr | None = None
     azure_openai: SecretStr | None = None
     anthropic: SecretStr | None = None
     xai: SecretStr | None = None
     huggingface: SecretStr | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _clean(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return clean_api_key(value, f"keys.{info.field_name}")
 
 
 class ClickHouseSettings(_Section):
@@ -186,6 +224,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         frozen=True,
         extra="ignore",
+        hide_input_in_errors=True,  # a rejected value may be a secret (an API key, a password)
     )
 
     home: Path = DEFAULT_HOME

@@ -38,6 +38,7 @@ from streams.providers.http import (
     new_session,
     raise_for_status,
     raise_stream_error,
+    send,
 )
 
 DEFAULT_VERSION = "2023-06-01"
@@ -122,7 +123,9 @@ class AnthropicProvider:
 
     async def complete(self, request: Request, model: str) -> Completion:
         with map_exceptions(self.name):
-            async with self.session.post(
+            async with await send(
+                self.name,
+                self.session,
                 self._url(),
                 data=orjson.dumps(self._body(request, model, stream=False)),
                 headers=self._headers(request),
@@ -158,7 +161,9 @@ class AnthropicProvider:
         stop: str | None = None
         served_model = model
         stopped = False
-        async with self.session.post(
+        async with await send(
+            self.name,
+            self.session,
             self._url(),
             data=orjson.dumps(self._body(request, model, stream=True)),
             headers=self._headers(request),

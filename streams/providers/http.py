@@ -20,8 +20,11 @@ from streams.errors import (
     BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
+    LocalCallError,
     MalformedProviderResponse,
+    ModelNotFound,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -44,6 +47,9 @@ ERROR_TYPE_STATUS: dict[str, int] = {
     "invalid_api_key": 401,
     "permission_error": 403,
     "not_found_error": 404,
+    "DeploymentNotFound": 404,
+    "model_not_found": 404,
+    "insufficient_quota": 429,
     "request_too_large": 413,
     "rate_limit_error": 429,
     "rate_limit_exceeded": 429,
@@ -53,6 +59,13 @@ ERROR_TYPE_STATUS: dict[str, int] = {
     "overloaded_error": 529,
     "service_unavailable": 503,
 }
+
+
+QUOTA_CODES: frozenset[str] = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+"""Error codes a 429 carries when the account's quota or billing is spent, not its rate limit."""
+
+REFUSAL_FINISH: frozenset[str | None] = frozenset({"content_filter", "refusal"})
+"""Finish reasons (normalised to the OpenAI vocabulary, plus Anthropic's own) that mean the provider refused."""
 
 
 def client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
@@ -104,13 +117,20 @@ def raise_for_status(provider: str, status: int, headers: Any, body: bytes) -> N
     # provider text can quote the key the request presented: it never travels on in an error message
     msg = redact_keys(f"{provider} answered HTTP {status}: {text or code or 'no detail'}")
     lowered = f"{code} {text}".lower()
+    if status == 402 or (status == 429 and any(q in lowered for q in QUOTA_CODES)):
+        # the account is out of quota or credit: waiting does not help, another provider may answer
+        raise ProviderQuotaExhausted(msg, provider=provider)
     if status == 429:
         raise RateLimited(msg, provider=provider, retry_after_s=parse_retry_after(headers))
     if status in (401, 403):
         raise AuthenticationFailed(msg, provider=provider)
     if status in (408, 504):
         raise ProviderTimeout(msg, provider=provider)
-    if status in (400, 404, 413, 422):
+    if status == 404:
+        # the model or deployment is not there (Azure DeploymentNotFound, Ollama "model not found"): that
+        # provider's configuration, not the request, so the chain falls back
+        raise ModelNotFound(msg, provider=provider)
+    if status in (400, 413, 422):
         if "context_length" in lowered or "maximum context" in lowered or "too long" in lowered:
             raise ContextLengthExceeded(msg, provider=provider)
         if "content_filter" in lowered or "content management policy" in lowered:
@@ -133,7 +153,26 @@ def map_exceptions(provider: str) -> Iterator[None]:
     except (aiohttp.ClientError, ConnectionError, OSError) as exc:
         raise ProviderUnavailable(f"{provider} unreachable: {type(exc).__name__}", provider=provider) from exc
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # only reached for the reply: building and sending the request goes through ``send``
         raise MalformedProviderResponse(f"{provider} sent a malformed body: {exc!r}", provider=provider) from exc
+
+
+async def send(provider: str, session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    """POST ``url`` (use as ``async with await send(...) as resp``).
+
+    A ``ValueError``/``TypeError`` raised while the request is built or sent (e.g. aiohttp refusing a header
+    with a control character) is our fault, not the provider's: ``LocalCallError``, which no breaker counts.
+    The exception's text is not kept: it could quote a header value.
+    """
+    try:
+        return await session.post(url, **kwargs)
+    except aiohttp.ClientError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise LocalCallError(
+            f"{provider}: the call could not be built here ({type(exc).__name__}); check its key and base_url",
+            provider=provider,
+        ) from None
 
 
 def loads_json(provider: str, body: bytes) -> Any:
@@ -177,6 +216,7 @@ def raise_stream_error(provider: str, error: Any, default_status: int = 500) -> 
 async def guard_stream(provider: str, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
     """Enforce the stream contract around an adapter's raw event generator.
 
+    A stream that ends with a refusal / content-filter finish reason and no text raises ``ContentFiltered``.
     Any failure before the first ``StreamDelta`` surfaces as the typed (often retryable) provider error;
     any failure after a delta went out becomes ``StreamInterrupted``. The stream must end with exactly one
     ``StreamEnd``; ending without one is a malformed reply (or an interruption, after deltas).
@@ -205,6 +245,11 @@ async def guard_stream(provider: str, events: AsyncIterator[StreamEvent]) -> Asy
                 sent_delta = True
             elif isinstance(event, StreamEnd):
                 ended = True
+                if not sent_delta and event.finish_reason in REFUSAL_FINISH:
+                    # as complete() does: a refusal with no text is an error, never a clean empty answer
+                    raise ContentFiltered(
+                        f"{provider} refused the request (finish_reason {event.finish_reason})", provider=provider
+                    )
             yield event
     finally:
         aclose = getattr(it, "aclose", None)

@@ -32,6 +32,7 @@ from streams.providers.http import (
     new_session,
     raise_for_status,
     raise_stream_error,
+    send,
 )
 
 
@@ -84,8 +85,13 @@ class OllamaProvider:
 
     async def _post(self, path: str, body: dict[str, Any], request: Request) -> Any:
         with map_exceptions(self.name):
-            async with self.session.post(
-                self._url(path), data=orjson.dumps(body), headers=self._headers(request), timeout=self._timeout
+            async with await send(
+                self.name,
+                self.session,
+                self._url(path),
+                data=orjson.dumps(body),
+                headers=self._headers(request),
+                timeout=self._timeout,
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
@@ -109,7 +115,9 @@ class OllamaProvider:
         return guard_stream(self.name, self._stream_events(request, model))
 
     async def _stream_events(self, request: Request, model: str) -> AsyncIterator[StreamEvent]:
-        async with self.session.post(
+        async with await send(
+            self.name,
+            self.session,
             self._url("/api/chat"),
             data=orjson.dumps(self._chat_body(request, model, stream=True)),
             headers=self._headers(request),

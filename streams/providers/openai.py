@@ -26,6 +26,7 @@ from streams.providers.http import (
     new_session,
     raise_for_status,
     raise_stream_error,
+    send,
 )
 
 
@@ -93,8 +94,13 @@ class OpenAIProvider:
 
     async def _post(self, url: str, body: dict[str, Any], request: Request) -> Any:
         with map_exceptions(self.name):
-            async with self.session.post(
-                url, data=orjson.dumps(body), headers=self._headers(request), timeout=self._timeout
+            async with await send(
+                self.name,
+                self.session,
+                url,
+                data=orjson.dumps(body),
+                headers=self._headers(request),
+                timeout=self._timeout,
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
@@ -126,7 +132,9 @@ class OpenAIProvider:
         usage: TokenUsage | None = None
         finish: str | None = None
         served_model = model
-        async with self.session.post(
+        async with await send(
+            self.name,
+            self.session,
             self._chat_url(model),
             data=orjson.dumps(body),
             headers=self._headers(request),

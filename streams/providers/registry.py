@@ -14,6 +14,7 @@ from typing import Protocol
 from pydantic import SecretStr
 
 from streams.catalog import Catalog, ProviderSpec
+from streams.errors import ConfigError
 from streams.providers.anthropic import AnthropicProvider
 from streams.providers.azure import AzureOpenAIProvider
 from streams.providers.base import Provider
@@ -21,7 +22,7 @@ from streams.providers.compatible import OpenAICompatibleProvider
 from streams.providers.local import LocalProvider
 from streams.providers.ollama import OllamaProvider
 from streams.providers.openai import OpenAIProvider
-from streams.settings import ProviderKeys
+from streams.settings import ProviderKeys, clean_api_key
 
 
 class ProviderFactory(Protocol):
@@ -58,7 +59,12 @@ def api_key_for(spec: ProviderSpec, keys: ProviderKeys) -> SecretStr | None:
         known = ", ".join(sorted(type(keys).model_fields))
         raise UnknownAdapter(f"provider key {spec.key!r} is not a settings.keys field (known: {known})")
     value = getattr(keys, spec.key)
-    return value if isinstance(value, SecretStr) else None
+    if not isinstance(value, SecretStr):
+        return None
+    try:  # again here: keys built without validation (model_construct) must not reach a header unchecked
+        return clean_api_key(value, f"keys.{spec.key}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_provider(name: str, spec: ProviderSpec, keys: ProviderKeys) -> Provider:

@@ -21,7 +21,7 @@ from streams.resilience.caller import (
 )
 from streams.resilience.circuit_breaker import BreakerBoard, CircuitBreaker, is_health_failure
 from streams.resilience.clock import SYSTEM_CLOCK, Clock, Deadline, FakeClock, SystemClock
-from streams.resilience.errors import CircuitOpen, RateLimitSaturated
+from streams.resilience.errors import CircuitOpen, RateLimitSaturated, RequestExceedsRateLimit
 from streams.resilience.limits import LimitShare, provider_share, share_for, split
 from streams.resilience.retry import RetryPolicy, call_with_retries
 from streams.resilience.token_bucket import ProviderLimiter, TokenBucket
@@ -39,6 +39,7 @@ __all__ = [
     "LimitShare",
     "ProviderLimiter",
     "RateLimitSaturated",
+    "RequestExceedsRateLimit",
     "ResilientCaller",
     "ResilientEvent",
     "ResilientStream",

@@ -10,8 +10,18 @@
 For each (provider, model) in order: skip it when its circuit is open or our rate-limit share stays
 saturated past ``limiter_wait_s``; else call it, retrying retryable errors with backoff (honouring
 ``retry_after_s``) while the deadline allows, then fall back to the next entry. ``BadRequest`` and
-``ContentFiltered`` stop the chain (another provider would answer the same). A call is cut at the
-deadline (``DeadlineExceeded``). When no call was made at all, the error is ``RateLimitSaturated``
+``ContentFiltered`` stop the chain (another provider would answer the same).
+
+Each call is cut at its attempt cap: the provider's own ``timeouts.total_s``, the remaining deadline,
+and, while a fallback is left in the chain, ``(1 - fallback_reserve)`` of the remaining deadline (by
+default half: the rest is kept for the fallbacks). A call cut before the request's deadline raises
+``ProviderTimeout`` and the chain moves on to the next provider (no retry: its time is spent); a call
+cut by the deadline itself, with nothing left to fall back to, is ``DeadlineExceeded``. Either cut
+counts against the provider's breaker only when the call was given at least ``timeout_blame_s``
+(default 5 s): a cap shorter than that comes from a client's tight deadline and says nothing about
+the provider's health (the breaker is released, no verdict).
+
+When no call was made at all, the error is ``RateLimitSaturated``
 (reason ``rate_limited``, with the soonest ``retry_after_s``) if every provider was skipped for its
 rate limit, else ``NoProviderAvailable``. Results are returned, never raised.
 
@@ -41,12 +51,13 @@ from streams.errors import (
     DeadlineExceeded,
     MalformedProviderResponse,
     NoProviderAvailable,
+    ProviderTimeout,
     StreamInterrupted,
 )
 from streams.providers.base import Completion, Embeddings, Provider, StreamDelta, StreamEnd
 from streams.resilience.circuit_breaker import BreakerBoard
 from streams.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
-from streams.resilience.errors import CircuitOpen, RateLimitSaturated
+from streams.resilience.errors import CircuitOpen, RateLimitSaturated, RequestExceedsRateLimit
 from streams.resilience.retry import RetryPolicy
 from streams.resilience.token_bucket import ProviderLimiter
 
@@ -150,9 +161,15 @@ class ResilientCaller:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         token_estimate: Callable[[Request], int] = estimate_tokens,
+        fallback_reserve: float = 0.5,
+        timeout_blame_s: float = 5.0,
     ) -> None:
         """``limiters``: this worker's rate-limit share per provider (none: unlimited). ``limiter_wait_s``:
-        the longest to queue for our own rate limit before falling back."""
+        the longest to queue for our own rate limit before falling back. ``fallback_reserve``: the share
+        of the remaining deadline an attempt leaves for the rest of the chain while a fallback is left.
+        ``timeout_blame_s``: a call cut by its cap counts against the breaker only if it was given this long."""
+        if not 0.0 <= fallback_reserve < 1.0:
+            raise ValueError("fallback_reserve must be in [0, 1)")
         self.providers = providers
         self.breakers = breakers
         self.limiters = limiters or {}
@@ -161,6 +178,8 @@ class ResilientCaller:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.token_estimate = token_estimate
+        self.fallback_reserve = fallback_reserve
+        self.timeout_blame_s = timeout_blame_s
 
     # -- public API --------------------------------------------------------------------------
     async def complete(self, request: Request, chain: Sequence[Route], deadline: Deadline) -> CallResult[Completion]:
@@ -209,12 +228,46 @@ class ResilientCaller:
     def _judge(self, name: str, error: AifleetError | None) -> None:
         self.breakers[name].record(error)
 
+    def _has_fallback(self, rest: Sequence[Route]) -> bool:
+        """Whether a later chain entry could still be called (it has an adapter and its circuit is not open)."""
+        return any(n in self.providers and self.breakers[n].state != "open" for n, _ in rest)
+
+    def _attempt_cap(self, name: str, deadline: Deadline, rest: Sequence[Route]) -> tuple[float, bool]:
+        """(seconds this attempt may take, whether that cap is the request's deadline itself)."""
+        remaining = deadline.remaining()
+        cap = remaining
+        if self._has_fallback(rest):
+            cap = remaining * (1.0 - self.fallback_reserve)
+        provider = self.providers[name]
+        spec = getattr(provider, "spec", None)
+        if spec is not None:
+            cap = min(cap, spec.timeouts.total_s)
+        return cap, cap >= remaining
+
+    def _cut(self, name: str, cap: float, is_deadline: bool, what: str) -> AifleetError:
+        """The error for a call cut at its cap, after judging the breaker (blamed only for a fair cap)."""
+        err: AifleetError
+        if is_deadline:
+            err = DeadlineExceeded(f"{name} {what} before the deadline", provider=name)
+        else:
+            err = ProviderTimeout(f"{name} {what} within its {cap:.3f}s attempt cap", provider=name)
+        if cap >= self.timeout_blame_s:
+            self.breakers[name].record_failure(ErrorReason.TIMEOUT)
+        else:
+            self.breakers[name].release()
+        return err
+
     @staticmethod
     def _final_error(attempts: list[Attempt], last: AifleetError | None) -> AifleetError:
         if any(a.called for a in attempts) and last is not None:
             return last
         waits = [a.error.retry_after_s for a in attempts if a.error is not None and a.error.retry_after_s]
         detail = "; ".join(f"{a.provider}: {a.outcome}" for a in attempts) or "empty fallback chain"
+        too_large = [a.error for a in attempts if isinstance(a.error, RequestExceedsRateLimit)]
+        if attempts and len(too_large) == len(attempts):
+            # No provider's share can ever take a request this large: retrying it as it is cannot help.
+            first = too_large[0]
+            return RequestExceedsRateLimit(f"{first.message} ({detail})", provider=first.provider)
         if attempts and all(a.outcome == "rate_limited" for a in attempts):
             # Every provider is up but our share of its rate limit is used: the client is rate limited.
             soonest = min(attempts, key=lambda a: a.error.retry_after_s or math.inf if a.error else math.inf)
@@ -236,7 +289,7 @@ class ResilientCaller:
     ) -> CallResult[T]:
         attempts: list[Attempt] = []
         last: AifleetError | None = None
-        for name, model in chain:
+        for i, (name, model) in enumerate(chain):
             provider = self.providers.get(name)
             if provider is None:
                 attempts.append(Attempt(name, model, "circuit_open", error=CircuitOpen(f"{name}: no adapter")))
@@ -251,14 +304,19 @@ class ResilientCaller:
                     break
                 n += 1
                 started = self.clock.monotonic()
+                cap, cap_is_deadline = self._attempt_cap(name, deadline, chain[i + 1 :])
                 try:
-                    async with asyncio.timeout(deadline.remaining()):
+                    async with asyncio.timeout(cap):
                         value, usage = await call(provider, model)
                 except TimeoutError:
-                    self.breakers[name].release()
-                    err: AifleetError = DeadlineExceeded(f"{name} did not answer before the deadline", provider=name)
-                    attempts.append(Attempt(name, model, "deadline", self.clock.monotonic() - started, err))
-                    return CallResult(None, err, attempts)
+                    err: AifleetError = self._cut(name, cap, cap_is_deadline, "did not answer")
+                    elapsed = self.clock.monotonic() - started
+                    if cap_is_deadline:
+                        attempts.append(Attempt(name, model, "deadline", elapsed, err))
+                        return CallResult(None, err, attempts)
+                    attempts.append(Attempt(name, model, "error", elapsed, err))
+                    last = err
+                    break  # its time is spent: fall back rather than retry here
                 except asyncio.CancelledError:
                     self.breakers[name].release()
                     raise
@@ -316,7 +374,7 @@ class ResilientStream:
         c = self._caller
         deadline = self._deadline
         last: AifleetError | None = None
-        for name, model in self._chain:
+        for i, (name, model) in enumerate(self._chain):
             provider = c.providers.get(name)
             if provider is None:
                 self.attempts.append(Attempt(name, model, "circuit_open", error=CircuitOpen(f"{name}: no adapter")))
@@ -333,7 +391,7 @@ class ResilientStream:
                 n += 1
                 self.provider, self.model = name, model
                 outcome = _StreamAttempt(c, name, model, self.attempts)
-                run = outcome.run(provider, self._request, deadline)
+                run = outcome.run(provider, self._request, deadline, self._chain[i + 1 :])
                 try:
                     async for event in run:
                         yield event
@@ -347,6 +405,8 @@ class ResilientStream:
                 if _stops_chain(err):
                     yield StreamError(err)
                     return
+                if outcome.cut:
+                    break  # its time is spent: fall back rather than retry here
                 delay = c.policy.next_delay(err, n, deadline.remaining(), c.rng)
                 if delay is None:
                     break
@@ -366,22 +426,30 @@ class _StreamAttempt:
     attempt: Attempt | None = None
     error: AifleetError | None = None
     finished: bool = False
+    cut: bool = False
+    """The attempt was cut at its cap before the first delta (``ProviderTimeout``): do not retry it."""
     _committed: bool = field(default=False, init=False)
 
     def _record(self, attempt: Attempt) -> None:
         self.attempt = attempt
         self.sink.append(attempt)
 
-    async def run(self, provider: Provider, request: Request, deadline: Deadline) -> AsyncIterator[ResilientEvent]:
+    async def run(
+        self, provider: Provider, request: Request, deadline: Deadline, rest: Sequence[Route] = ()
+    ) -> AsyncIterator[ResilientEvent]:
+        """``rest``: the chain after this entry (an attempt keeps a share of the deadline for it until its
+        first delta; once committed, only the request's deadline cuts it)."""
         c = self.caller
         clock = c.clock
         started = clock.monotonic()
+        cap, cap_is_deadline = c._attempt_cap(self.name, deadline, rest)
+        first_by = Deadline(started + cap, clock)
         first: float | None = None
         it = aiter(provider.stream(request, self.model))
         try:
             while True:
                 try:
-                    async with asyncio.timeout(deadline.remaining()):
+                    async with asyncio.timeout(deadline.remaining() if self._committed else first_by.remaining()):
                         event = await anext(it)
                 except StopAsyncIteration:
                     raise MalformedProviderResponse(
@@ -408,13 +476,22 @@ class _StreamAttempt:
                     yield event
                     return
         except TimeoutError:
-            c.breakers[self.name].release()
-            err = DeadlineExceeded(f"{self.name} stream did not finish before the deadline", provider=self.name)
-            self._record(
-                Attempt(self.name, self.model, "deadline", clock.monotonic() - started, err, first_delta_s=first)
-            )
-            self.finished = True
-            yield StreamError(err)
+            if self._committed:  # output went out: cut by the request's deadline, no verdict on the provider
+                c.breakers[self.name].release()
+                err: AifleetError = DeadlineExceeded(
+                    f"{self.name} stream did not finish before the deadline", provider=self.name
+                )
+            else:
+                err = c._cut(self.name, cap, cap_is_deadline, "sent no output")
+            elapsed = clock.monotonic() - started
+            if self._committed or cap_is_deadline:
+                self._record(Attempt(self.name, self.model, "deadline", elapsed, err, first_delta_s=first))
+                self.finished = True
+                yield StreamError(err)
+            else:
+                self._record(Attempt(self.name, self.model, "error", elapsed, err, first_delta_s=first))
+                self.error = err
+                self.cut = True
         except AifleetError as exc:
             c._judge(self.name, exc)
             self._record(Attempt(self.name, self.model, "error", clock.monotonic() - started, exc, first_delta_s=first))

@@ -26,7 +26,10 @@ from schemas.health import CircuitState, ProviderHealth
 from streams.errors import (
     AifleetError,
     AuthenticationFailed,
+    LocalCallError,
     MalformedProviderResponse,
+    ModelNotFound,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -43,18 +46,21 @@ _HEALTH_FAILURES = (
     ProviderTimeout,
     MalformedProviderResponse,
     AuthenticationFailed,
+    ModelNotFound,
+    ProviderQuotaExhausted,
     StreamInterrupted,
 )
 
 
 def is_health_failure(exc: BaseException) -> bool:
-    """True when an error says the provider is unhealthy (5xx, unreachable, timeouts, broken bodies, bad key)."""
+    """True when an error says the provider is unhealthy (5xx, unreachable, timeouts, broken bodies, bad key,
+    a missing model or deployment, an exhausted account)."""
     return isinstance(exc, _HEALTH_FAILURES)
 
 
 def is_neutral(exc: BaseException) -> bool:
-    """True when an error says nothing about health (rate limiting, our own gating, cancellation)."""
-    return isinstance(exc, RateLimited) or not isinstance(exc, AifleetError)
+    """True when an error says nothing about health (rate limiting, our own gating or failures, cancellation)."""
+    return isinstance(exc, RateLimited | LocalCallError) or not isinstance(exc, AifleetError)
 
 
 class CircuitBreaker:

@@ -7,7 +7,8 @@ in one window, over a provider's per-minute limit. ``TokenBucket`` therefore com
 window; the log holds one entry per grant still inside the window.
 
 ``acquire(tokens, timeout)`` waits at most ``timeout`` seconds (on the injected clock) for
-capacity, else raises ``RateLimitSaturated`` with ``retry_after_s`` set to when capacity frees up.
+capacity, else raises ``RateLimitSaturated`` with ``retry_after_s`` set to when capacity frees up
+(``RequestExceedsRateLimit``, not retryable, when the request is larger than the bucket can ever grant).
 ``ProviderLimiter`` takes one request from the rpm bucket and ``tokens`` from the tpm bucket together.
 """
 
@@ -17,7 +18,7 @@ import math
 from collections import deque
 
 from streams.resilience.clock import SYSTEM_CLOCK, Clock
-from streams.resilience.errors import RateLimitSaturated
+from streams.resilience.errors import RateLimitSaturated, RequestExceedsRateLimit
 
 _EPS = 1e-9
 
@@ -105,6 +106,14 @@ class TokenBucket:
         """Take ``tokens``, waiting at most ``timeout`` seconds; else raise ``RateLimitSaturated``."""
         await acquire_all([(self, tokens)], timeout, self._clock, self.name)
 
+    def charge(self, units: float) -> None:
+        """Count ``units`` as granted now without taking them from the burst (they free after the window)."""
+        if units <= 0:
+            return
+        self._refill(self._clock.monotonic())
+        self._log.append((self._clock.monotonic(), units))
+        self._in_window += units
+
     def granted_in_window(self) -> float:
         """Units granted within the last ``window_s`` seconds."""
         self._refill(self._clock.monotonic())
@@ -122,8 +131,11 @@ async def acquire_all(wants: list[tuple[TokenBucket, float]], timeout: float, cl
             return
         now = clock.monotonic()
         if math.isinf(wait):
-            raise RateLimitSaturated(
-                f"{name or 'rate limit'}: request is larger than the whole limit", provider=name or None
+            bucket, n = next((b, n) for b, n in wants if math.isinf(b.wait_time(n)))
+            raise RequestExceedsRateLimit(
+                f"{bucket.name or name or 'rate limit'}: the request needs {n:g} units but this worker's share "
+                f"allows at most {bucket.capacity:g} at once, so it can never be sent here; ask for fewer tokens",
+                provider=name or None,
             )
         if now + wait > give_up_at + _EPS:
             raise RateLimitSaturated(
@@ -160,10 +172,20 @@ class ProviderLimiter:
 
         A zero share (no owned partition, or a limit smaller than the partition count) blocks the
         limiter: every acquire is refused as rate-limited until a rebalance gives it a share again.
+
+        A share that grows (partitions gained from another worker, or a blocked limiter given a share)
+        has the gained part charged as used now: the previous owner's calls of the last window still
+        count at the provider, so the gained capacity frees only one window later. The first share a
+        freshly built limiter is given (a decrease from the catalog limits it was built with) charges
+        nothing: a new process cannot know what the partitions' previous owner sent.
         """
         if rpm <= 0 or tpm <= 0 or (burst is not None and burst <= 0):
             self.blocked = True
             return
+        old_rpm = 0.0 if self.blocked else self.requests.limit
+        old_tpm = 0.0 if self.blocked else self.tokens.limit
         self.blocked = False
         self.requests.set_limit(rpm, burst)
         self.tokens.set_limit(tpm)
+        self.requests.charge(rpm - old_rpm)
+        self.tokens.charge(tpm - old_tpm)

@@ -6,24 +6,32 @@ import itertools
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 
 from infra.emulator.testing import RunningEmulator, running_emulator, test_catalog
 from schemas.request import Message, Request
+from schemas.response import TokenUsage
 from streams.catalog import Timeouts
 from streams.errors import (
     AuthenticationFailed,
     BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
+    LocalCallError,
     MalformedProviderResponse,
+    ModelNotFound,
     ProviderError,
+    ProviderQuotaExhausted,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     StreamInterrupted,
 )
-from streams.providers.base import Provider, StreamDelta, StreamEnd
+from streams.providers.base import Provider, StreamDelta, StreamEnd, StreamEvent
+from streams.providers.http import guard_stream, raise_for_status, raise_stream_error
+from streams.providers.openai import OpenAIProvider
 from streams.providers.registry import build_provider
+from streams.resilience import BreakerBoard, Deadline, ResilientCaller
 from streams.settings import ProviderKeys
 
 CHAT = [
@@ -37,7 +45,8 @@ STATUS = [
     (400, BadRequest),
     (401, AuthenticationFailed),
     (403, AuthenticationFailed),
-    (404, BadRequest),
+    (402, ProviderQuotaExhausted),
+    (404, ModelNotFound),
     (408, ProviderTimeout),
     (500, ProviderUnavailable),
     (502, ProviderUnavailable),
@@ -213,3 +222,79 @@ async def test_unreachable_provider_is_unavailable() -> None:
             await provider.complete(req(), "claude-3-5-haiku-20241022")
     finally:
         await provider.aclose()
+
+
+async def test_refused_stream_is_content_filtered(providers: dict[str, Provider], emulator: RunningEmulator) -> None:
+    # Anthropic answers a blocked prompt with stop_reason "refusal" and no text, in a stream as in a reply
+    emulator.set_profile("anthropic", blocked_words=["forbidden"])
+    with pytest.raises(ContentFiltered):
+        [e async for e in providers["anthropic"].stream(req("say something forbidden"), "claude-3-5-haiku-20241022")]
+
+
+@pytest.mark.parametrize("finish", ["content_filter", "refusal"])
+async def test_stream_guard_turns_a_textless_refusal_into_content_filtered(finish: str) -> None:
+    # OpenAI/Azure: a 200 stream whose only choice ends with finish_reason "content_filter" and no text
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamDelta("")
+        yield StreamEnd(model="m", usage=TokenUsage(input_tokens=9), finish_reason=finish)
+
+    with pytest.raises(ContentFiltered):
+        [e async for e in guard_stream("azure", events())]
+
+
+async def test_stream_guard_passes_a_filter_after_text() -> None:
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamDelta("partial")
+        yield StreamEnd(model="m", usage=TokenUsage(input_tokens=9, output_tokens=1), finish_reason="content_filter")
+
+    seen = [e async for e in guard_stream("azure", events())]
+    assert isinstance(seen[-1], StreamEnd) and seen[-1].finish_reason == "content_filter"
+
+
+QUOTA_BODY = b'{"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "code": null}}'
+
+
+def test_insufficient_quota_429_is_quota_exhausted_not_a_rate_limit() -> None:
+    with pytest.raises(ProviderQuotaExhausted) as caught:
+        raise_for_status("openai", 429, {"Retry-After": "1"}, QUOTA_BODY)
+    assert not caught.value.retryable and caught.value.provider == "openai"
+    with pytest.raises(ProviderQuotaExhausted):  # the same error arriving inside a 200 stream
+        raise_stream_error("openai", {"type": "insufficient_quota", "message": "quota"})
+    with pytest.raises(RateLimited):  # a plain rate limit is still one
+        raise_for_status("openai", 429, {}, b'{"error": {"type": "rate_limit_exceeded", "message": "slow down"}}')
+
+
+def test_deployment_not_found_is_model_not_found() -> None:
+    body = b'{"error": {"code": "DeploymentNotFound", "message": "The API deployment does not exist."}}'
+    with pytest.raises(ModelNotFound) as caught:
+        raise_for_status("azure", 404, {}, body)
+    assert not caught.value.retryable
+    with pytest.raises(ModelNotFound):
+        raise_stream_error("anthropic", {"type": "not_found_error", "message": "model: claude-9"})
+
+
+async def test_a_request_that_cannot_be_built_is_local_not_the_providers_fault(emulator: RunningEmulator) -> None:
+    # an adapter handed a key with a newline (bypassing settings): aiohttp refuses the header before any call
+    secret = "sk-proj-SECRETSECRET1234"
+    spec = test_catalog().with_base_url_override(emulator.url).providers["openai"]
+    bad = OpenAIProvider("openai", spec, SecretStr(secret + "\n"))
+    good = build_provider(
+        "anthropic", test_catalog().with_base_url_override(emulator.url).providers["anthropic"], ProviderKeys()
+    )
+    try:
+        with pytest.raises(LocalCallError) as caught:
+            await bad.complete(req(), "gpt-4o-mini")
+        assert secret not in str(caught.value) and not caught.value.retryable
+        with pytest.raises(LocalCallError):
+            await drain(bad, "gpt-4o-mini")
+        board = BreakerBoard(failure_threshold=1)
+        caller = ResilientCaller({"openai": bad, "anthropic": good}, board)
+        result = await caller.complete(
+            req(), [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-20241022")], Deadline.after(10)
+        )
+        assert result.ok and result.provider == "anthropic"
+        assert board["openai"].state == "closed" and board["openai"].consecutive_failures == 0
+        assert emulator.calls("openai") == 0
+    finally:
+        await bad.aclose()
+        await good.aclose()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from infra.emulator.testing import test_catalog
 from streams.catalog import ProviderSpec
+from streams.errors import ConfigError
 from streams.providers.anthropic import AnthropicProvider
 from streams.providers.azure import AzureOpenAIProvider
 from streams.providers.compatible import OpenAICompatibleProvider
@@ -23,7 +24,7 @@ from streams.providers.registry import (
     build_providers,
     register_adapter,
 )
-from streams.settings import ProviderKeys
+from streams.settings import ProviderKeys, Settings
 
 SECRET = "sk-test-do-not-log-0123456789"
 
@@ -78,3 +79,25 @@ def test_register_adapter_adds_a_provider_without_code_changes() -> None:
         assert isinstance(build_provider("x", spec(adapter="fake_ollama"), ProviderKeys()), OllamaProvider)
     finally:
         del ADAPTERS["fake_ollama"]
+
+
+SECRET = "sk-proj-SECRETSECRET1234"
+
+
+def test_keys_are_stripped_of_a_trailing_newline() -> None:
+    keys = ProviderKeys(openai=SecretStr(SECRET + "\n"), anthropic=f"  {SECRET}\r\n")  # type: ignore[arg-type]
+    assert keys.openai is not None and keys.openai.get_secret_value() == SECRET
+    assert keys.anthropic is not None and keys.anthropic.get_secret_value() == SECRET
+    assert ProviderKeys(xai="\n").xai is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [f"{SECRET}\nX", f"sk {SECRET}", f"{SECRET}\x00"])
+def test_a_key_with_whitespace_inside_is_a_config_error_that_never_quotes_it(bad: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(keys={"openai": bad})  # type: ignore[arg-type]
+    assert "keys.openai" in str(caught.value) and SECRET not in str(caught.value)
+    unchecked = ProviderKeys.model_construct(openai=SecretStr(bad))
+    spec = test_catalog().providers["openai"]
+    with pytest.raises(ConfigError) as err:
+        build_provider("openai", spec, unchecked)
+    assert SECRET not in str(err.value)

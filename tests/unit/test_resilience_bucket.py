@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.errors import ErrorReason
 from streams.catalog import ModelSpec, ProviderSpec
 from streams.errors import AifleetError
-from streams.resilience import FakeClock, ProviderLimiter, RateLimitSaturated, TokenBucket
+from streams.resilience import FakeClock, ProviderLimiter, RateLimitSaturated, RequestExceedsRateLimit, TokenBucket
 from streams.resilience.limits import provider_share, share_for, split
 
 
@@ -68,9 +69,11 @@ async def test_acquire_waits_a_bounded_time_or_raises_saturated() -> None:
     assert clock.monotonic() == start  # gave up without waiting: the wait would pass the timeout
     await bucket.acquire(1, timeout=1.5)
     assert clock.monotonic() - start == pytest.approx(1.0)
-    with pytest.raises(RateLimitSaturated) as too_big:
+    with pytest.raises(RequestExceedsRateLimit) as too_big:
         await bucket.acquire(5, timeout=100)
     assert too_big.value.retry_after_s is None
+    assert not too_big.value.retryable and too_big.value.reason == ErrorReason.EXCEEDS_RATE_LIMIT
+    assert "can never be sent" in too_big.value.message
 
 
 async def test_provider_limiter_takes_requests_and_tokens_together() -> None:
@@ -127,9 +130,36 @@ def test_any_assignment_of_partitions_never_exceeds_the_limit(limit: int, parts:
 
 
 async def test_a_zero_share_blocks_the_limiter_until_a_rebalance_gives_it_one_again() -> None:
-    limiter = ProviderLimiter("openai", rpm=60, tpm=6000, burst=5)
+    clock = FakeClock()
+    limiter = ProviderLimiter("openai", rpm=60, tpm=6000, burst=5, clock=clock)
     limiter.resize(rpm=0, tpm=0, burst=0)  # the worker owns no partition after a rebalance
     with pytest.raises(RateLimitSaturated):
         await limiter.acquire(10)
     limiter.resize(rpm=30, tpm=3000, burst=2)
+    # the share it gained was its previous owner's: charged for one window, then usable
+    with pytest.raises(RateLimitSaturated):
+        await limiter.acquire(10)
+    clock.advance(60.0)
     await limiter.acquire(10)
+
+
+async def test_a_grown_share_charges_the_gained_part_for_one_window() -> None:
+    # A owns 2 of 4 partitions of a 600 rpm provider (300), then gains the other 2 from B, whose calls of
+    # the last window still count at the provider: the gained 300 free only a window after the rebalance.
+    clock = FakeClock(start=0.0)
+    a = ProviderLimiter("openai", rpm=600, tpm=10**9, burst=600, clock=clock)
+    a.resize(rpm=300, tpm=10**8, burst=300)  # the first share: nothing charged
+    assert a.requests.granted_in_window() == 0
+    clock.advance(30)
+    a.resize(rpm=600, tpm=2 * 10**8, burst=600)  # B left at t=30 after sending its 300
+    assert a.requests.granted_in_window() == 300 and a.tokens.granted_in_window() == 10**8
+    sent = 0
+    while clock.monotonic() < 89.0:
+        try:
+            await a.acquire(1)
+            sent += 1
+        except RateLimitSaturated:
+            clock.advance(0.5)
+    assert sent <= 300  # with B's 300 in [30, 90): never over 600 in the window
+    clock.advance(1.0)  # t >= 90: the charge expired
+    assert a.requests.wait_time(1) <= 1.0

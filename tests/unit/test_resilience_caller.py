@@ -181,6 +181,29 @@ async def test_saturated_local_rate_limit_falls_back(providers: dict[str, Provid
     assert emulator.calls("openai") == 1
 
 
+async def test_a_request_larger_than_every_tpm_share_is_not_retryable(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    clock = FakeClock()
+    limiters = {name: ProviderLimiter(name, rpm=60, tpm=1_000, clock=clock) for name in ("openai", "anthropic")}
+    caller, _, _, _ = make(providers, clock=clock, limiters=limiters)
+    request = Request(
+        request_id="big-1", tenant="acme", messages=[Message(role="user", content="hi")], max_tokens=5_000
+    )
+    result = await caller.complete(request, CHAIN, Deadline.after(10, clock))
+    assert result.error is not None
+    info = result.error.to_info()
+    assert info.reason == ErrorReason.EXCEEDS_RATE_LIMIT and not info.retryable and info.retry_after_s is None
+    assert emulator.calls("openai") == 0 and emulator.calls("anthropic") == 0
+    # one provider too small, the other merely saturated: still a retryable rate limit, with its wait
+    limiters["anthropic"] = ProviderLimiter("anthropic", rpm=60, tpm=100_000, burst=1, clock=clock)
+    assert limiters["anthropic"].requests.try_acquire()
+    caller, _, _, _ = make(providers, clock=clock, limiters=limiters, limiter_wait_s=0.2)
+    result = await caller.complete(request, CHAIN, Deadline.after(10, clock))
+    assert result.error is not None and result.error.reason == ErrorReason.RATE_LIMITED and result.error.retryable
+    assert result.error.retry_after_s == pytest.approx(1.0)
+
+
 async def test_every_provider_rate_limited_is_rate_limited_not_no_provider(
     providers: dict[str, Provider], emulator: RunningEmulator
 ) -> None:
@@ -218,11 +241,81 @@ async def test_nothing_callable_is_no_provider_available(providers: dict[str, Pr
 
 async def test_hang_is_cut_at_the_deadline(providers: dict[str, Provider], emulator: RunningEmulator) -> None:
     emulator.set_profile("openai", hang_rate=1.0, hang_s=3.0)
-    caller = ResilientCaller(providers, BreakerBoard())
-    result = await caller.complete(req(), CHAIN, Deadline.after(0.3))
+    board = BreakerBoard()
+    caller = ResilientCaller(providers, board)
+    result = await caller.complete(req(), [OPENAI], Deadline.after(0.3))  # nothing to fall back to
     assert isinstance(result.error, DeadlineExceeded)
     assert [a.outcome for a in result.attempts] == ["deadline"]
     assert 0.25 < result.attempts[0].latency_s < 1.0
+    assert board["openai"].consecutive_failures == 0  # a 0.3 s cap is the client's deadline, not a verdict
+
+
+async def test_hang_within_a_fair_cap_falls_back_and_opens_the_breaker(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    # The shipped gap: a read timeout longer than the request's deadline. The primary gets half of the
+    # remaining deadline; cut there it is a ProviderTimeout (counted, as the cap was >= timeout_blame_s)
+    # and the secondary answers in the other half.
+    emulator.set_profile("openai", hang_rate=1.0, hang_s=30.0)
+    board = BreakerBoard(failure_threshold=2)
+    caller = ResilientCaller(providers, board, timeout_blame_s=0.1)
+    for failures in (1, 2):
+        result = await caller.complete(req(), CHAIN, Deadline.after(0.6))
+        assert result.ok and result.provider == "anthropic"
+        assert [(a.provider, a.outcome, a.reason) for a in result.attempts] == [
+            ("openai", "error", ErrorReason.TIMEOUT),
+            ("anthropic", "ok", None),
+        ]
+        assert result.attempts[0].error is not None and result.attempts[0].error.retryable
+        assert board["openai"].consecutive_failures == failures
+    assert board["openai"].state == "open"
+    result = await caller.complete(req(), CHAIN, Deadline.after(0.6))
+    assert result.ok and [(a.provider, a.outcome) for a in result.attempts] == [
+        ("openai", "circuit_open"),
+        ("anthropic", "ok"),
+    ]
+    assert emulator.calls("openai") == 2
+
+
+async def test_hang_under_a_tight_client_deadline_falls_back_without_blame(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    # A 0.4 s deadline gives the primary a 0.2 s cap, under timeout_blame_s (5 s): a healthy but slower
+    # provider must not be opened by clients with tiny deadlines, yet the request still falls back.
+    emulator.set_profile("openai", hang_rate=1.0, hang_s=30.0)
+    board = BreakerBoard(failure_threshold=1)
+    caller = ResilientCaller(providers, board)
+    result = await caller.complete(req(), CHAIN, Deadline.after(0.4))
+    assert result.ok and result.provider == "anthropic"
+    assert [(a.provider, a.reason) for a in result.attempts] == [("openai", ErrorReason.TIMEOUT), ("anthropic", None)]
+    assert board["openai"].consecutive_failures == 0 and board["openai"].state == "closed"
+
+
+async def test_hang_without_fallback_is_blamed_when_the_cap_was_fair(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", hang_rate=1.0, hang_s=30.0)
+    board = BreakerBoard()
+    caller = ResilientCaller(providers, board, timeout_blame_s=0.1)
+    result = await caller.complete(req(), [OPENAI], Deadline.after(0.3))
+    assert isinstance(result.error, DeadlineExceeded)
+    assert board["openai"].consecutive_failures == 1
+
+
+async def test_stream_hang_before_first_delta_falls_back(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", hang_rate=1.0, hang_s=30.0)
+    board = BreakerBoard()
+    caller = ResilientCaller(providers, board, timeout_blame_s=0.1)
+    stream = caller.stream(req(), CHAIN, Deadline.after(0.6))
+    events = await collect(stream)
+    assert isinstance(events[-1], StreamEnd) and len(events) > 1
+    assert [(a.provider, a.outcome, a.reason) for a in stream.attempts] == [
+        ("openai", "error", ErrorReason.TIMEOUT),
+        ("anthropic", "ok", None),
+    ]
+    assert board["openai"].consecutive_failures == 1
 
 
 async def test_embeddings_fall_back_past_a_provider_without_them(providers: dict[str, Provider]) -> None:
@@ -304,3 +397,46 @@ async def test_stream_closed_early_records_a_cancelled_attempt(providers: dict[s
     await stream.aclose()
     assert [(a.provider, a.outcome) for a in stream.attempts] == [("openai", "cancelled")]
     assert board["openai"].consecutive_failures == 0
+
+
+async def test_refused_stream_stops_the_chain_with_content_filtered(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("anthropic", blocked_words=["forbidden"])
+    caller, _, _, clock = make(providers)
+    request = Request(request_id="refuse-1", tenant="acme", messages=[Message(role="user", content="forbidden")])
+    stream = caller.stream(request, [ANTHROPIC, OPENAI], Deadline.after(10, clock))
+    events = await collect(stream)
+    assert len(events) == 1 and isinstance(events[0], StreamError)
+    assert events[0].error.reason == ErrorReason.CONTENT_FILTERED
+    assert emulator.calls("openai") == 0
+
+
+async def test_provider_404_falls_back_and_counts_against_the_breaker(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", error_rates={404: 1.0})  # e.g. the model/deployment is missing there
+    caller, board, _, clock = make(providers)
+    result = await caller.complete(req(), CHAIN, Deadline.after(10, clock))
+    assert result.ok and result.provider == "anthropic"
+    assert [(a.provider, a.reason) for a in result.attempts] == [
+        ("openai", ErrorReason.MODEL_NOT_FOUND),
+        ("anthropic", None),
+    ]
+    assert emulator.calls("openai") == 1 and board["openai"].consecutive_failures == 1
+
+
+async def test_exhausted_quota_is_called_once_then_falls_back(
+    providers: dict[str, Provider], emulator: RunningEmulator
+) -> None:
+    emulator.set_profile("openai", error_rates={402: 1.0})
+    caller, board, _, clock = make(providers, policy=RetryPolicy(max_attempts=3, base_delay_s=0.01))
+    for n in (1, 2):
+        result = await caller.complete(req(), CHAIN, Deadline.after(10, clock))
+        assert result.ok and result.provider == "anthropic"
+        assert [(a.provider, a.reason) for a in result.attempts] == [
+            ("openai", ErrorReason.PROVIDER_QUOTA_EXHAUSTED),
+            ("anthropic", None),
+        ]
+        assert emulator.calls("openai") == n and board["openai"].consecutive_failures == n
+    assert clock.slept == []
