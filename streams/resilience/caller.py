@@ -60,6 +60,8 @@ from streams.resilience.clock import SYSTEM_CLOCK, Clock, Deadline
 from streams.resilience.errors import CircuitOpen, RateLimitSaturated, RequestExceedsRateLimit
 from streams.resilience.retry import RetryPolicy
 from streams.resilience.token_bucket import ProviderLimiter
+from streams.routing.cost import approx_tokens
+from streams.routing.cost import estimate_tokens as estimate_usage
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +431,21 @@ class _StreamAttempt:
     cut: bool = False
     """The attempt was cut at its cap before the first delta (``ProviderTimeout``): do not retry it."""
     _committed: bool = field(default=False, init=False)
+    _sent: list[str] = field(default_factory=list, init=False)
 
     def _record(self, attempt: Attempt) -> None:
         self.attempt = attempt
         self.sink.append(attempt)
+
+    def _partial_usage(self, request: Request) -> TokenUsage | None:
+        """What a stream that broke after output is billed: the providers charge for the prompt they read and
+        the tokens they generated, but a broken stream never reports them, so both are estimated (the prompt
+        as the router estimates it, the output from the text sent). None before any output."""
+        if not self._committed:
+            return None
+        return TokenUsage(
+            input_tokens=estimate_usage(request).input_tokens, output_tokens=approx_tokens("".join(self._sent))
+        )
 
     async def run(
         self, provider: Provider, request: Request, deadline: Deadline, rest: Sequence[Route] = ()
@@ -459,6 +472,7 @@ class _StreamAttempt:
                     if first is None:
                         first = clock.monotonic() - started
                     self._committed = True
+                    self._sent.append(event.text)
                     yield event
                 elif isinstance(event, StreamEnd):
                     c._judge(self.name, None)
@@ -485,7 +499,8 @@ class _StreamAttempt:
                 err = c._cut(self.name, cap, cap_is_deadline, "sent no output")
             elapsed = clock.monotonic() - started
             if self._committed or cap_is_deadline:
-                self._record(Attempt(self.name, self.model, "deadline", elapsed, err, first_delta_s=first))
+                usage = self._partial_usage(request)
+                self._record(Attempt(self.name, self.model, "deadline", elapsed, err, usage, first_delta_s=first))
                 self.finished = True
                 yield StreamError(err)
             else:
@@ -494,7 +509,9 @@ class _StreamAttempt:
                 self.cut = True
         except AifleetError as exc:
             c._judge(self.name, exc)
-            self._record(Attempt(self.name, self.model, "error", clock.monotonic() - started, exc, first_delta_s=first))
+            elapsed = clock.monotonic() - started
+            usage = self._partial_usage(request)
+            self._record(Attempt(self.name, self.model, "error", elapsed, exc, usage, first_delta_s=first))
             if self._committed:
                 self.finished = True
                 if not isinstance(exc, StreamInterrupted):
@@ -514,8 +531,9 @@ class _StreamAttempt:
                 f"{self.name} adapter failed: {type(exc).__name__}", provider=self.name
             )
             c._judge(self.name, err2)
+            usage = self._partial_usage(request)
             self._record(
-                Attempt(self.name, self.model, "error", clock.monotonic() - started, err2, first_delta_s=first)
+                Attempt(self.name, self.model, "error", clock.monotonic() - started, err2, usage, first_delta_s=first)
             )
             if self._committed:
                 self.finished = True

@@ -25,6 +25,8 @@ from streams.resilience import (
     RetryPolicy,
     StreamError,
 )
+from streams.routing.cost import approx_tokens
+from streams.routing.cost import estimate_tokens as estimate_usage
 from streams.settings import ProviderKeys
 
 OPENAI = ("openai", "gpt-4o-mini")
@@ -387,6 +389,11 @@ async def test_stream_mid_disconnect_ends_with_typed_error_and_no_fallback(
     assert emulator.calls("anthropic") == 0
     assert [(a.provider, a.outcome) for a in stream.attempts] == [("openai", "error")]
     assert board["openai"].consecutive_failures == 1
+    # billed an estimate (the stream never reported usage): the prompt as estimated, the output that went out
+    sent = "".join(e.text for e in events if isinstance(e, StreamDelta))
+    usage = stream.attempts[0].usage
+    assert usage is not None and usage.input_tokens == estimate_usage(req()).input_tokens > 0
+    assert usage.output_tokens == approx_tokens(sent) > 0
 
 
 async def test_stream_closed_early_records_a_cancelled_attempt(providers: dict[str, Provider]) -> None:
