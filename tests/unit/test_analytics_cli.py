@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from streams.analytics.cli import app
 from streams.settings import get_settings
+from tests.fixtures.chdb import chdb_test_root
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"cli-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"cli-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AIFLEET_HOME", str(path / "home"))
     monkeypatch.setenv("AIFLEET_CLICKHOUSE__DATA_PATH", str(path / "chdb"))
     get_settings.cache_clear()

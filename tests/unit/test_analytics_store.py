@@ -26,13 +26,14 @@ from streams.analytics.sink import UsageSink
 from streams.catalog import Catalog, TenantSpec
 from streams.routing.quota import month_start
 from streams.settings import ClickHouseSettings
+from tests.fixtures.chdb import chdb_test_root
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="module")
 def chdb_path() -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"store-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"store-{uuid.uuid4().hex[:8]}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
