@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +20,9 @@ import pytest
 from schemas.alert import Alert
 from schemas.usage import UsageEvent
 from streams.analytics.alerting import AlertLoop, budget_inputs
-from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
+from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow, conditions, snapshot_from_store
 from streams.analytics.client import ClientReader, create_client
+from streams.analytics.endpoint import EndpointReader, QueryEndpoint
 from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
 from streams.analytics.migrate import RenderOptions, applied_versions, migrate
 from streams.analytics.reports import ReportRequest, alert_history, render, report, run_report
@@ -418,3 +422,65 @@ def test_budget_inputs_use_the_tenants_own_budget_else_its_tiers() -> None:
     assert "open" not in budgets  # enterprise has no default budget: nothing to alert on
     assert (budgets.get("walk-in"), spend.get("walk-in")) == ((free_budget, 1.0) if free_budget else (None, None))
     assert month_start(datetime(2026, 11, 29, 9, 30, tzinfo=UTC)) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@contextmanager
+def serving(settings: ClickHouseSettings) -> Iterator[EndpointReader]:
+    """The loopback query endpoint on this process's engine, read through an ``EndpointReader``."""
+    loop = asyncio.new_event_loop()
+    endpoint = QueryEndpoint(settings, settings.data_path or Path())
+    loop.run_until_complete(endpoint.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    reader = EndpointReader(endpoint.url, endpoint.token)
+    try:
+        yield reader
+    finally:
+        reader.close()
+        asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_store_snapshot_leaves_cache_hits_out_and_survives_a_provider_with_only_cache_hits(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+    at = NOW - timedelta(seconds=30)
+
+    def event(i: int, provider: str, status: str, cost: float = 0.0) -> UsageEvent:
+        cached = status == "cached"
+        return UsageEvent(
+            event_id=f"w{i}:cache" if cached else f"w{i}:1",
+            request_id=f"w{i}",
+            tenant="acme",
+            provider=provider,
+            model="m",
+            status=status,  # type: ignore[arg-type]
+            attempt=0 if cached else 1,
+            cost_usd=cost,
+            latency_ms=5.0 if cached else 200.0,
+            ts=at,
+        )
+
+    events = [event(i, "openai", "error") for i in range(5)]
+    events += [event(i, "openai", "ok", 0.02) for i in range(5, 20)]
+    events += [event(i, "openai", "cached") for i in range(100, 180)]
+    events += [event(i, "anthropic", "cached") for i in range(200, 225)]  # only cache hits in the window
+    UsageSink(settings, client=client).write_sync(events)
+    direct = ClientReader(client, owns_client=False)
+    with serving(settings) as remote:
+        for reader in (direct, remote):
+            snap = snapshot_from_store(reader, now=NOW, database=settings.database)
+            assert set(snap.providers) == {"openai"}
+            stats = snap.providers["openai"]
+            assert (stats.requests, stats.errors, stats.p95_latency_ms) == (20, 5, 200.0)
+            assert abs(stats.cost_usd - 0.30) < 1e-9
+            assert {c.rule for c in conditions(snap, AlertRules())} == {
+                "provider_error_rate",
+                "provider_cost_per_request",
+            }
+        # a non-finite float crosses the endpoint's JSON as null and comes back as NaN, as read directly
+        _, rows = remote.query_rows("SELECT nan AS x, CAST(NULL AS Nullable(Float64)) AS y")
+        assert math.isnan(rows[0][0]) and rows[0][1] is None
