@@ -57,7 +57,7 @@ def test_seed_then_reports(env: Path, tmp_path: Path) -> None:
     from streams.analytics.synthetic import synthetic_events
 
     expected = sum(Decimal(str(e.cost_usd)) for e in synthetic_events(3000, span=timedelta(days=2)))
-    assert abs(Decimal(str(sum(r["cost_usd"] for r in doc["rows"]))) - expected) < Decimal("0.005")
+    assert abs(sum(Decimal(r["cost_usd"]) for r in doc["rows"]) - expected) < Decimal("0.005")
     out = tmp_path / "cost.html"
     result = runner.invoke(app, ["report", "cost", "--since", "3d", "--format", "html", "--output", str(out)])
     assert result.exit_code == 0, result.output
@@ -71,3 +71,7 @@ def test_report_rejects_bad_input(env: Path) -> None:
     assert result.exit_code == 2 and "cannot group by" in result.output
     result = runner.invoke(app, ["report", "cost", "--format", "xml"])
     assert result.exit_code == 2 and "unknown format" in result.output
+    for since in ("3000000d", "100000w", "99999999999999999999d", "1969-12-31", "0001-01-01T00:00+01:00"):
+        result = runner.invoke(app, ["report", "cost", "--since", since])
+        assert result.exit_code == 2, (since, result.output)
+        assert "error:" in result.output and "1970-01-01" in result.output, result.output

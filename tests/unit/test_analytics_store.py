@@ -208,7 +208,7 @@ def test_formats(store: tuple[ClickHouseSettings, Any]) -> None:
     assert len(csv_text.splitlines()) == 3
     doc = orjson.loads(render(rep, "json"))
     assert doc["kind"] == "cost" and doc["by"] == ["provider"]
-    assert round(sum(r["cost_usd"] for r in doc["rows"]), 6) == float(rep.total("cost_usd"))
+    assert sum(Decimal(r["cost_usd"]) for r in doc["rows"]) == rep.total("cost_usd")  # money: exact strings
     table = render(rep, "table")
     assert "openai" in table and "anthropic" in table
     html = render(rep, "html", reader, database=settings.database)
