@@ -484,3 +484,21 @@ def test_store_snapshot_leaves_cache_hits_out_and_survives_a_provider_with_only_
         # a non-finite float crosses the endpoint's JSON as null and comes back as NaN, as read directly
         _, rows = remote.query_rows("SELECT nan AS x, CAST(NULL AS Nullable(Float64)) AS y")
         assert math.isnan(rows[0][0]) and rows[0][1] is None
+
+
+def test_events_older_than_the_usage_ttl_are_dropped_so_replays_never_inflate_the_rollups(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+    assert settings.ttl_days == 90
+    sink = UsageSink(settings, client=client)
+    old = make_events(2, prefix="old", cost=1.0)
+    old = [e.model_copy(update={"ts": NOW - timedelta(days=100)}) for e in old]
+    recent = [e.model_copy(update={"ts": NOW - timedelta(days=80)}) for e in make_events(1, prefix="kept", cost=1.0)]
+    for _ in range(3):  # the first write and two replays (a restart, `analytics rebuild --from-earliest`)
+        sink.write_sync(old + recent)
+    db = settings.database
+    assert scalar(client, f"SELECT count() FROM {db}.usage_events FINAL") == 1
+    assert scalar(client, f"SELECT sum(requests) FROM {db}.usage_daily") == 1
+    assert scalar(client, f"SELECT sum(cost_usd) FROM {db}.usage_daily") == Decimal("1")
+    assert (sink.stats.inserted, sink.stats.duplicates, sink.stats.expired) == (1, 2, 6)
