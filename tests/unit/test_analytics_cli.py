@@ -63,7 +63,7 @@ def test_seed_then_reports(env: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert out.read_text().count("<svg") == 3
     csv_result = runner.invoke(app, ["report", "latency", "--by", "provider,model", "--format", "csv"])
-    assert csv_result.exit_code == 0 and csv_result.output.startswith("provider,model,requests,avg_ms")
+    assert csv_result.exit_code == 0 and csv_result.output.startswith("provider,model,attempts,avg_ms")
 
 
 def test_report_rejects_bad_input(env: Path) -> None:

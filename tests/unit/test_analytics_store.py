@@ -177,7 +177,7 @@ def test_other_reports_and_tenant_filter(store: tuple[ClickHouseSettings, Any]) 
     assert cache.rows[0]["cache_hits"] == 20
     assert cache.rows[0]["saved_cost_usd"] == Decimal("0.01")
     latency = report(reader, "latency", since="1d", by="provider", database=db)
-    assert latency.total("requests") == 180  # cached hits are not latency samples
+    assert latency.total("attempts") == 180  # cached hits are not latency samples
     assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in latency.rows)
     only = report(reader, "cost", since="1d", tenants=["tenant-1"], database=db)
     assert only.total("requests") == sum(1 for e in events if e.tenant == "tenant-1")
@@ -502,3 +502,45 @@ def test_events_older_than_the_usage_ttl_are_dropped_so_replays_never_inflate_th
     assert scalar(client, f"SELECT sum(requests) FROM {db}.usage_daily") == 1
     assert scalar(client, f"SELECT sum(cost_usd) FROM {db}.usage_daily") == Decimal("1")
     assert (sink.stats.inserted, sink.stats.duplicates, sink.stats.expired) == (1, 2, 6)
+
+
+def test_reports_count_requests_once_however_many_attempts_and_keep_the_attempts(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+
+    def event(event_id: str, status: str, cost: float, attempt: int) -> UsageEvent:
+        return UsageEvent(
+            event_id=event_id,
+            request_id=event_id.split(":", maxsplit=1)[0],
+            tenant="acme",
+            provider="openai",
+            model="m",
+            status=status,  # type: ignore[arg-type]
+            error_reason="timeout" if status == "error" else None,  # type: ignore[arg-type]
+            attempt=attempt,
+            cost_usd=cost,
+            saved_cost_usd=0.02 if status == "cached" else 0.0,
+            ts=NOW - timedelta(minutes=1),
+        )
+
+    # A: attempt 1 times out, attempt 2 answers for $0.02; B: a cache hit of A's answer; C: fails twice
+    UsageSink(settings, client=client).write_sync(
+        [
+            event("A:1", "error", 0.0, 1),
+            event("A:2", "ok", 0.02, 2),
+            event("B:cache", "cached", 0.0, 0),
+            event("C:1", "error", 0.0, 1),
+            event("C:2", "error", 0.0, 2),
+        ]
+    )
+    reader = ClientReader(client, owns_client=False)
+    [cost] = report(reader, "cost", since="1h", by="tenant", database=settings.database).rows
+    assert (cost["requests"], cost["attempts"], cost["cost_usd"]) == (3, 5, Decimal("0.02"))
+    assert cost["cost_per_request"] == Decimal("0.006666666")  # per request, at the column scale
+    [cache] = report(reader, "cache", since="1h", by="tenant", database=settings.database).rows
+    assert (cache["requests"], cache["cache_hits"]) == (3, 1) and cache["hit_rate"] == 1 / 3
+    [errors] = report(reader, "errors", since="1h", by="tenant", database=settings.database).rows
+    assert (errors["requests"], errors["attempts"], errors["errors"], errors["failed_requests"]) == (3, 5, 3, 1)
+    assert errors["error_rate"] == 1 / 3 and errors["attempt_error_rate"] == 3 / 5
+    assert errors["top_reason"] == "timeout"
