@@ -10,6 +10,10 @@ from pydantic import Field
 from schemas.base import Event, utc_now
 from schemas.errors import ErrorReason
 
+UINT16_MAX = 2**16 - 1
+UINT64_MAX = 2**64 - 1
+MONEY_LIMIT = 1e9  # Decimal(18, 9): 9 digits before the point
+
 
 class UsageEvent(Event):
     """What one attempt used and cost. ``event_id`` is deterministic, so replays are idempotent."""
@@ -26,12 +30,14 @@ class UsageEvent(Event):
         "the budget its admission reserved and is not stored by the analytics sink."
     )
     error_reason: ErrorReason | None = None
-    attempt: int = Field(default=1, ge=0)
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0)
-    saved_cost_usd: float = Field(default=0.0, ge=0)
-    latency_ms: float = Field(default=0.0, ge=0)
+    # Bounded by the usage_events column types (001_usage_events.sql), so a record the store cannot
+    # hold fails validation and is dead-lettered with its reason instead of failing the insert.
+    attempt: int = Field(default=1, ge=0, le=UINT16_MAX)  # UInt16
+    input_tokens: int = Field(default=0, ge=0, le=UINT64_MAX)  # UInt64
+    output_tokens: int = Field(default=0, ge=0, le=UINT64_MAX)  # UInt64
+    cost_usd: float = Field(default=0.0, ge=0, lt=MONEY_LIMIT, allow_inf_nan=False)  # Decimal(18, 9)
+    saved_cost_usd: float = Field(default=0.0, ge=0, lt=MONEY_LIMIT, allow_inf_nan=False)  # Decimal(18, 9)
+    latency_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # Float64, finite for the percentiles
     streamed: bool = False
     route_reason: str | None = None
     region: str | None = None

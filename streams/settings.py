@@ -209,6 +209,12 @@ class ClickHouseSettings(_Section):
     data_path: Path | None = None
     cluster: str | None = None
     store_prompts: bool = False
+    ttl_days: int = Field(
+        default=90,
+        ge=1,
+        description="Days usage events and prompts are kept: the TTL `analytics migrate` renders (unless --ttl-days), "
+        "and the sink drops events older than this (the table would drop them, but the rollups would count them).",
+    )
     backup_path: Path | None = Field(
         default=None,
         description="chDB: where `analytics backup` writes and the only place BACKUP/RESTORE may touch "

@@ -1,6 +1,7 @@
 -- Cache report: semantic/exact cache hits, hit rate and the spend they saved.
+-- requests: distinct request ids (a retried request counts once); hit_rate = cache_hits / requests.
 SELECT {{dims}}
-    count() AS requests,
+    uniqExact(request_id) AS requests,
     countIf(status = 'cached') AS cache_hits,
     if(requests = 0, 0, cache_hits / requests) AS hit_rate,
     sum(saved_cost_usd) AS saved_cost_usd

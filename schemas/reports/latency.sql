@@ -1,6 +1,6 @@
--- Latency report: percentiles of answered (non-cached) attempts per group.
+-- Latency report: percentiles of answered (non-cached) attempts per group (attempts: how many).
 SELECT {{dims}}
-    count() AS requests,
+    count() AS attempts,
     avg(latency_ms) AS avg_ms,
     quantilesExactInclusive(0.5, 0.95, 0.99)(latency_ms) AS q,
     q[1] AS p50_ms,

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.alert import Alert, AlertSeverity
 from schemas.base import utc_now
@@ -310,9 +310,9 @@ class UsageWindow:
         self._health: dict[str, ProviderHealth] = {}
 
     def add(self, event: UsageEvent) -> None:
-        """Count one usage event (a replay of one still in the window is ignored)."""
-        if event.event_id in self._seen:
-            return
+        """Count one usage event (a replay of one still in the window, or one older than the window, is ignored)."""
+        if event.event_id in self._seen or event.ts < self.clock() - self.window:
+            return  # a replay, or an event already outside the window (a partition catching up)
         self._seen.add(event.event_id)
         self._events.append(event)
 
@@ -327,34 +327,54 @@ class UsageWindow:
         if current is None or event.ts >= current.ts:
             self._health[event.provider] = event
 
-    def _prune(self, now: datetime) -> None:
-        horizon = now - self.window
-        while self._events and self._events[0].ts < horizon:
-            self._seen.discard(self._events.popleft().event_id)
+    def _prune(self, horizon: datetime) -> None:
+        """Drop every event older than ``horizon``, wherever it sits (events arrive out of order)."""
+        if all(e.ts >= horizon for e in self._events):
+            return
+        kept: deque[UsageEvent] = deque()
+        for e in self._events:
+            if e.ts >= horizon:
+                kept.append(e)
+            else:
+                self._seen.discard(e.event_id)
+        self._events = kept
 
     def snapshot(
         self, *, spend_usd: Mapping[str, float] | None = None, budgets_usd: Mapping[str, float] | None = None
     ) -> Snapshot:
-        """The aggregates of the last ``window`` (events are assumed to arrive roughly in time order)."""
-        now = self.clock()
-        self._prune(now)
+        """The aggregates of the events whose ``ts`` lies in the last ``window``, in any arrival order.
+
+        Cache hits are left out: they carry the name of the provider whose answer was cached, but
+        that provider was not called, so they say nothing about its errors, latency or cost.
+        """
+        horizon = self.clock() - self.window
+        self._prune(horizon)
         requests: dict[str, int] = {}
         errors: dict[str, int] = {}
         cost: dict[str, float] = {}
         latency: dict[str, list[float]] = {}
         for e in self._events:
+            if e.status == "cached" or e.ts < horizon:
+                continue
             requests[e.provider] = requests.get(e.provider, 0) + 1
             errors[e.provider] = errors.get(e.provider, 0) + (e.status == "error")
             cost[e.provider] = cost.get(e.provider, 0.0) + e.cost_usd
-            if e.status != "cached":
-                latency.setdefault(e.provider, []).append(e.latency_ms)
-        providers = {p: ProviderStats(p, n, errors[p], _p95(latency.get(p, [])), cost[p]) for p, n in requests.items()}
+            latency.setdefault(e.provider, []).append(e.latency_ms)
+        providers = {p: ProviderStats(p, n, errors[p], _p95(latency[p]), cost[p]) for p, n in requests.items()}
         return Snapshot(providers, self.unhealthy(), dict(spend_usd or {}), dict(budgets_usd or {}))
 
     def unhealthy(self) -> dict[str, str]:
         """provider -> reason, for every provider whose latest circuit state is open or half-open."""
         failing = ("open", "half_open")
         return {p: h.reason or f"circuit {h.state}" for p, h in self._health.items() if h.state in failing}
+
+
+def _finite(value: Any) -> float:
+    """A float for the rules: NULL (a NaN through the query endpoint's JSON), NaN or inf become 0."""
+    if value is None:
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) else 0.0
 
 
 def snapshot_from_store(
@@ -367,15 +387,19 @@ def snapshot_from_store(
     unhealthy: Mapping[str, str] | None = None,
     database: str = "aifleet",
 ) -> Snapshot:
-    """A snapshot whose provider stats are computed in ClickHouse (deduplicated, every process's events)."""
+    """A snapshot whose provider stats are computed in ClickHouse (deduplicated, every process's events).
+
+    Like ``UsageWindow.snapshot``, cache hits are left out of every provider figure.
+    """
     from streams.analytics.reports import provider_window
 
     rows = provider_window(reader, now - window, now, database=database)
     providers = {
         str(r["provider"]): ProviderStats(
-            str(r["provider"]), int(r["requests"]), int(r["errors"]), float(r["p95_ms"]), float(r["cost_usd"])
+            str(r["provider"]), int(r["requests"]), int(r["errors"]), _finite(r["p95_ms"]), _finite(r["cost_usd"])
         )
         for r in rows
+        if int(r["requests"]) > 0
     }
     return Snapshot(providers, dict(unhealthy or {}), dict(spend_usd or {}), dict(budgets_usd or {}))
 

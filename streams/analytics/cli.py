@@ -29,7 +29,10 @@ def _fail(exc: AifleetError) -> typer.Exit:
 
 @app.command()
 def migrate(
-    ttl_days: Annotated[int, typer.Option(help="Days usage events and prompts are kept.")] = 90,
+    ttl_days: Annotated[
+        int | None,
+        typer.Option(help="Days usage events and prompts are kept (default: AIFLEET_CLICKHOUSE__TTL_DAYS, 90)."),
+    ] = None,
     rollup_ttl_days: Annotated[int, typer.Option(help="Days rollups and alerts are kept.")] = 730,
     print_sql: Annotated[bool, typer.Option("--print", help="Print the rendered SQL and apply nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Re-run every (idempotent) migration.")] = False,

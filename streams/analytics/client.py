@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from streams.analytics.errors import (
     AnalyticsBackpressure,
+    AnalyticsDataError,
     AnalyticsError,
     AnalyticsQueryError,
     AnalyticsUnavailable,
@@ -31,6 +32,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # ClickHouse error codes that mean "up, but overloaded": the caller should slow down and retry.
 _BACKPRESSURE_CODES = frozenset({159, 202, 241, 252})  # timeout, too many queries, memory, too many parts
+# Codes that mean a value does not fit its column (the rows are at fault, not the statement):
+# cannot parse, argument out of bound, cannot convert, type mismatch, value out of range, decimal overflow.
+_DATA_CODES = frozenset({6, 53, 69, 70, 321, 407})
 # Codes that mean the server (or a replica) cannot be reached.
 _UNAVAILABLE_CODES = frozenset({209, 210, 225, 242, 319, 999, 1000})
 
@@ -93,6 +97,8 @@ def translate_error(exc: BaseException, action: str) -> AnalyticsError:
     text = str(exc)
     if "Unable to open the chdb engine" in text or "Cannot lock file" in text:
         return EmbeddedStoreLocked(message, retry_after_s=1.0)
+    if isinstance(exc, ch_exc.DataError) or code in _DATA_CODES:  # DataError: the client could not encode a value
+        return AnalyticsDataError(message)
     if isinstance(exc, ch_exc.DatabaseError | ch_exc.Error):
         return AnalyticsQueryError(message)
     return AnalyticsUnavailable(message, retry_after_s=1.0)

@@ -11,7 +11,8 @@ sink's inserts on one handle), and only one ``SELECT``/``WITH`` statement is acc
 
 Wire format: ``POST /query`` ``{"sql": str, "parameters": {...}}`` ->
 ``{"columns": [...], "types": [...], "rows": [[...]]}``; ``GET /ping`` -> ``{"ok": true}``.
-Decimals travel as strings and date/times as ISO text; ``EndpointReader`` restores them.
+Decimals travel as strings and date/times as ISO text; ``EndpointReader`` restores them. JSON has
+no NaN: a non-finite float arrives as null and is restored as NaN (in a non-Nullable float column).
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def _restore(value: Any, type_name: str) -> Any:
+    base = type_name.removeprefix("LowCardinality(").removeprefix("Nullable(").removeprefix("LowCardinality(")
     if value is None:
-        return None
-    base = type_name.removeprefix("Nullable(").removeprefix("LowCardinality(")
+        # JSON has no NaN/inf: orjson writes them as null. A non-Nullable float column never holds
+        # NULL, so the null was a non-finite float; NaN is what a direct reader would have returned.
+        return float("nan") if base.startswith("Float") and "Nullable(" not in type_name else None
     if base.startswith("Decimal"):
         return Decimal(value)
     if base.startswith("DateTime"):

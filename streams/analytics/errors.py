@@ -29,6 +29,13 @@ class AnalyticsQueryError(AnalyticsError):
     """A query was rejected (bad SQL, unknown table, failed migration): retrying will not help."""
 
 
+class AnalyticsDataError(AnalyticsQueryError):
+    """The store cannot hold a value of the rows it was given (out of its column's range, unconvertible).
+
+    The statement is fine and so are other rows: the usage consumer isolates and dead-letters the rows.
+    """
+
+
 class InvalidReportRequest(AnalyticsError):
     """A report was asked for with an unknown kind, grouping column, format or time span."""
 

@@ -58,11 +58,13 @@ class RenderOptions:
         cls,
         settings: ClickHouseSettings,
         *,
-        ttl_days: int = DEFAULT_TTL_DAYS,
+        ttl_days: int | None = None,
         rollup_ttl_days: int = DEFAULT_ROLLUP_TTL_DAYS,
     ) -> RenderOptions:
-        """Options for the configured database and cluster."""
-        return cls(settings.database, settings.cluster, ttl_days, rollup_ttl_days)
+        """Options for the configured database and cluster; the usage TTL is ``settings.ttl_days`` unless given."""
+        return cls(
+            settings.database, settings.cluster, settings.ttl_days if ttl_days is None else ttl_days, rollup_ttl_days
+        )
 
 
 def _engine(spec: str, cluster: str | None) -> str:

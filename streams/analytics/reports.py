@@ -54,6 +54,9 @@ HIDDEN_COLUMNS = frozenset({"q"})
 _SPAN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+# What a report window may span: nothing is stored before 1970, and DateTime64 ends in 2299.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,33 @@ class Report:
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
-    """``7d``, ``24h``, ``30m``, ``2w``, ``90s`` ago, or an ISO date/time (UTC when naive)."""
+    """``7d``, ``24h``, ``30m``, ``2w``, ``90s`` ago, or an ISO date/time (UTC when naive).
+
+    The result must lie in ``[EARLIEST, LATEST]`` (what the store's ``DateTime64`` columns hold and
+    what a report can mean); anything else, a span too large to compute included, is an
+    ``InvalidReportRequest``.
+    """
     now = now or datetime.now(UTC)
     match = _SPAN.match(text)
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise InvalidReportRequest(f"--since must look like 7d, 24h, 30m or an ISO date: {text!r}") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            result = now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except (OverflowError, ValueError) as exc:  # more than timedelta or datetime can hold
+            raise InvalidReportRequest(f"the span {text.strip()!r} reaches back before {EARLIEST:%Y-%m-%d}") from exc
+    else:
+        try:
+            parsed = datetime.fromisoformat(text.strip())
+        except ValueError as exc:
+            raise InvalidReportRequest(f"--since must look like 7d, 24h, 30m or an ISO date: {text!r}") from exc
+        try:
+            result = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00
+            raise InvalidReportRequest(f"{text.strip()!r} is before {EARLIEST:%Y-%m-%d}") from exc
+    if not EARLIEST <= result <= LATEST:
+        raise InvalidReportRequest(
+            f"{text.strip()!r} is {result:%Y-%m-%d %H:%M} UTC: reports cover {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}"
+        )
+    return result
 
 
 def parse_by(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -133,6 +153,19 @@ def _params(since: datetime, until: datetime, tenants: Sequence[str] = ()) -> di
     }
 
 
+def _utc(value: Any) -> Any:
+    """An aware datetime in UTC; anything else unchanged.
+
+    chDB takes the process's time zone (``TZ``) as its session time zone, and clickhouse-connect
+    returns values of ``DateTime`` expressions without an explicit zone (``toStartOfHour(ts)``,
+    ``toStartOfInterval``) as aware datetimes in that zone: the right instant, the wrong wall clock.
+    Reports are in UTC wherever they run. (Naive values come from the ``'UTC'`` columns: UTC already.)
+    """
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    return value
+
+
 def run_report(reader: Reader, request: ReportRequest, *, database: str = "aifleet") -> Report:
     """Run one report and return its rows."""
     if request.kind not in REPORT_KINDS:
@@ -142,7 +175,7 @@ def run_report(reader: Reader, request: ReportRequest, *, database: str = "aifle
     sql = load_sql(request.kind, database, request.by)
     columns, rows = reader.query_rows(sql, _params(request.since, request.until, request.tenants))
     visible = [c for c in columns if c not in HIDDEN_COLUMNS]
-    dicts = [{c: r[c] for c in visible} for r in rows_as_dicts(columns, rows)]
+    dicts = [{c: _utc(r[c]) for c in visible} for r in rows_as_dicts(columns, rows)]
     return Report(request=request, columns=visible, rows=dicts)
 
 
@@ -198,18 +231,24 @@ def latest_alerts(reader: Reader, since: datetime, *, database: str = "aifleet")
 
 def _cell(value: Any, column: str) -> str:
     if isinstance(value, Decimal):
-        return f"{value:.6f}" if "cost" in column else str(value)
+        return f"{value:.6f}" if "cost" in column else _money(value)
     if isinstance(value, float):
         return f"{value:.2%}" if column.endswith("_rate") else f"{value:,.1f}"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return _utc(value).strftime("%Y-%m-%d %H:%M")
     return str(value)
 
 
-def _json_value(value: Any) -> Any:
+def _money(value: Decimal) -> str:
+    """A decimal in fixed notation at its full scale: ``0.000000000``, never ``0E-9`` or a float."""
+    return format(value, "f")
+
+
+def _plain(value: Any) -> Any:
+    """A CSV/JSON value: decimals (money) as fixed-notation strings, datetimes in UTC."""
     if isinstance(value, Decimal):
-        return float(value)
-    return value
+        return _money(value)
+    return _utc(value)
 
 
 def render_table(rep: Report) -> str:
@@ -228,25 +267,36 @@ def render_table(rep: Report) -> str:
     return buffer.getvalue()
 
 
+def _csv_value(value: Any) -> str:
+    plain = _plain(value)
+    return plain.isoformat() if isinstance(plain, datetime) else str(plain)
+
+
 def render_csv(rep: Report) -> str:
-    """CSV with a header row; money at full precision."""
+    """CSV with a header row; money in fixed notation at full precision, times in UTC."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(rep.columns)
     for row in rep.rows:
-        writer.writerow([str(row[c]) for c in rep.columns])
+        writer.writerow([_csv_value(row[c]) for c in rep.columns])
     return buffer.getvalue()
 
 
 def render_json(rep: Report) -> str:
-    """``{"kind", "since", "until", "by", "rows": [...]}``."""
+    """``{"kind", "since", "until", "by", "rows": [...]}``.
+
+    Money (every ``Decimal`` column: ``cost_usd``, ``saved_cost_usd``, ``cost_per_request``) is a
+    string in fixed notation at the column's full scale (``"0.020000000"``), so it stays exact: a
+    JSON number would go through a float. Counts are integers, rates and latencies floats, times
+    ISO 8601 in UTC.
+    """
     r = rep.request
     doc = {
         "kind": r.kind,
         "since": r.since.isoformat(),
         "until": r.until.isoformat(),
         "by": list(r.by),
-        "rows": [{c: _json_value(row[c]) for c in rep.columns} for row in rep.rows],
+        "rows": [{c: _plain(row[c]) for c in rep.columns} for row in rep.rows],
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC).decode()
 
@@ -256,7 +306,8 @@ def chart_data(reader: Reader, request: ReportRequest, *, database: str = "aifle
     span = (request.until - request.since).total_seconds()
     bucket_s = 3600 if span <= 3 * 86400 else 86400
     params = _params(request.since, request.until, request.tenants) | {"bucket_s": bucket_s}
-    _, series_rows = reader.query_rows(load_sql("cost_timeseries", database), params)
+    _, rows = reader.query_rows(load_sql("cost_timeseries", database), params)
+    series_rows = [tuple(_utc(v) for v in row) for row in rows]
     latency = run_report(
         reader,
         ReportRequest("latency", request.since, request.until, ("provider",), request.tenants),
@@ -280,7 +331,7 @@ def render_html(rep: Report, charts: Mapping[str, Any]) -> str:
         by_provider[provider] += float(cost)
     latency = charts["latency"]
     figures = [
-        stacked_bars("Cost over time by provider (USD)", [b.strftime(fmt) for b in buckets], series),
+        stacked_bars("Cost over time by provider (USD)", [_utc(b).strftime(fmt) for b in buckets], series),
         stacked_bars("Cost by provider (USD)", list(by_provider), {"cost": list(by_provider.values())}),
         grouped_bars(
             "Latency percentiles by provider",

@@ -5,6 +5,10 @@ success the batch is durable and the agent commits its offsets. When ClickHouse 
 overloaded, ``write`` raises ``AnalyticsUnavailable`` / ``AnalyticsBackpressure`` (both
 ``retryable``): the agent must not commit, and retries the same batch later.
 
+Events older than the usage TTL (``ClickHouseSettings.ttl_days``) are not stored: the table
+would drop them on insert anyway, and its duplicate look-up could then never find them, so every
+replay would add them to the rollups again.
+
 Replays are safe twice over: the sink drops events whose ``event_id`` is already stored before
 inserting (so the rollup materialized views do not double count), and the base table is a
 ``ReplacingMergeTree`` keyed by ``event_id`` that reports read with ``FINAL`` (so even a race
@@ -14,11 +18,12 @@ between two writers cannot inflate a report).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +70,9 @@ ALERT_COLUMNS = (
     "ts",
 )
 LOOKUP_CHUNK = 10_000
+# Events this close to the TTL are dropped too: the store's clock and ours may differ a little.
+TTL_MARGIN = timedelta(hours=1)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +82,7 @@ class SinkStats:
     batches: int = 0
     inserted: int = 0
     duplicates: int = 0
+    expired: int = 0  # older than the usage TTL: not stored (see ``UsageSink.write_sync``)
     insert_seconds: float = 0.0
 
 
@@ -167,10 +176,22 @@ class UsageSink:
         await asyncio.to_thread(self.write_sync, events, prompts)
 
     def write_sync(self, events: list[UsageEvent], prompts: Mapping[str, str] | None = None) -> int:
-        """Blocking ``write``; returns how many events were new."""
+        """Blocking ``write``; returns how many events were new.
+
+        Events older than the usage TTL (``settings.ttl_days``, less ``TTL_MARGIN``) are dropped and
+        counted in ``stats.expired``: the table drops such rows on insert, so the duplicate look-up
+        never finds them, yet the materialized views would add them to the rollups on every replay.
+        """
         unique: dict[str, UsageEvent] = {}
+        horizon = datetime.now(UTC) - timedelta(days=self.settings.ttl_days) + TTL_MARGIN
+        expired = 0
         for event in events:
-            unique[event.event_id] = event
+            if _utc(event.ts) < horizon:
+                expired += 1
+            else:
+                unique[event.event_id] = event
+        if expired:
+            log.warning("dropped %d usage events older than the %d-day usage TTL", expired, self.settings.ttl_days)
         with self._lock:
             started = time.perf_counter()
             try:
@@ -190,7 +211,8 @@ class UsageSink:
                 raise translate_error(exc, f"usage insert of {len(unique)} events failed") from exc
             self.stats.batches += 1
             self.stats.inserted += len(fresh)
-            self.stats.duplicates += len(events) - len(fresh)
+            self.stats.duplicates += len(events) - expired - len(fresh)
+            self.stats.expired += expired
             self.stats.insert_seconds += time.perf_counter() - started
         return len(fresh)
 

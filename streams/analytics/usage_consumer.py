@@ -13,7 +13,14 @@ Delivery:
 * while ClickHouse is away the same batch is retried, the partitions are paused and the consumer
   keeps polling (so it stays in its group), and nothing is committed;
 * records that are not ``UsageEvent``s go to the dead-letter topic with their reason before the
-  batch is committed;
+  batch is committed (``UsageEvent`` bounds its numbers by the column types, so a value the table
+  cannot hold is caught here);
+* a batch the store refuses because of a value in it (``AnalyticsDataError``) is split in halves
+  until the refused events stand alone; the others are stored, the refused ones dead-lettered
+  (``processing_failed``, with the store's message), all before the commit;
+* any other refusal (``AnalyticsQueryError``: a schema problem, run ``analytics migrate``) is
+  logged as an error and the same batch retried like an unreachable store: the consumer neither
+  stops (it did, and a restart re-read the same batch) nor commits what it has not stored;
 * a commit refused because a rebalance moved the partitions is logged: the new owner re-reads
   from the last commit, and the duplicates are dropped by the store.
 
@@ -34,13 +41,21 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, DeadLetterReason
 from schemas.usage import UsageEvent
-from streams.analytics.errors import AnalyticsUnavailable
+from streams.analytics.errors import AnalyticsDataError, AnalyticsError
 from streams.codec import dead_letter, decode_event
 from streams.errors import InvalidRecord
 
 log = logging.getLogger(__name__)
+
+
+class RefusedByStore(InvalidRecord):
+    """A usage event that decoded but that the analytics store cannot hold."""
+
+    dlq_reason = DeadLetterReason.PROCESSING_FAILED
+
+
 FETCH_BYTES = 16 * 1024 * 1024
 
 
@@ -127,12 +142,15 @@ class UsageConsumer:
 
     async def _handle(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         events: list[UsageEvent] = []
+        sources: dict[int, ConsumerRecord[bytes, bytes]] = {}  # id(event) -> its record
         letters: list[DeadLetter] = []
         ends: dict[TopicPartition, int] = {}
         for r in records:
             ends[TopicPartition(r.topic, r.partition)] = r.offset + 1
             try:
-                events.append(decode_event(r.value, UsageEvent))
+                event = decode_event(r.value, UsageEvent)
+                events.append(event)
+                sources[id(event)] = r
             except InvalidRecord as exc:
                 letters.append(
                     dead_letter(
@@ -149,7 +167,11 @@ class UsageConsumer:
             await self.publish_dead_letters(letters)
             self.stats.dead_letters += len(letters)
         self.on_events(events)
-        await self._write(events)
+        refused = await self._write(events)
+        if refused:  # before the commit, as above
+            log.warning("dead-lettering %d usage events the store refused", len(refused))
+            await self.publish_dead_letters([self._refused_letter(sources[id(e)], exc) for e, exc in refused])
+            self.stats.dead_letters += len(refused)
         try:
             await self._consumer.commit(ends)
         except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: they are re-read
@@ -158,8 +180,37 @@ class UsageConsumer:
         self.stats.batches += 1
         self.stats.events += len(events)
 
-    async def _write(self, events: list[UsageEvent]) -> None:
-        """Write until it succeeds; meanwhile the partitions are paused and polled, so the group keeps us."""
+    def _refused_letter(self, record: ConsumerRecord[bytes, bytes], exc: AnalyticsError) -> DeadLetter:
+        reason = RefusedByStore(f"the analytics store refused the event: {exc.message}")
+        return dead_letter(
+            reason,
+            record.value,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            max_payload=self.max_payload,
+        )
+
+    async def _write(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, AnalyticsDataError]]:
+        """Store ``events``; return those the store refused for their values (each alone), with why.
+
+        A batch refused for a value is halved until the refused events stand alone (the sink drops
+        what an earlier half already stored, so re-sending is safe).
+        """
+        try:
+            await self._write_retrying(events)
+        except AnalyticsDataError as exc:
+            if len(events) == 1:
+                return [(events[0], exc)]
+            half = len(events) // 2
+            return await self._write(events[:half]) + await self._write(events[half:])
+        return []
+
+    async def _write_retrying(self, events: list[UsageEvent]) -> None:
+        """Write until it succeeds; meanwhile the partitions are paused and polled, so the group keeps us.
+
+        Raises only ``AnalyticsDataError`` (a value of these events does not fit the table).
+        """
         if not events:
             return
         paused: set[TopicPartition] = set()
@@ -169,9 +220,14 @@ class UsageConsumer:
                 try:
                     await self.sink.write(events)
                     return
-                except AnalyticsUnavailable as exc:
+                except AnalyticsDataError:
+                    raise
+                except AnalyticsError as exc:
                     self.stats.retries += 1
-                    log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(events))
+                    if exc.retryable:
+                        log.warning("usage insert failed (%s); retrying the same %d events", exc.message, len(events))
+                    else:  # not the rows: the schema (run `analytics migrate`); retry, never commit unstored
+                        log.error("usage insert refused (%s); retrying the same %d events", exc.message, len(events))
                     paused = set(self._consumer.assignment())  # again each time: a rebalance may add some
                     self._consumer.pause(*paused)
                     pause_s = exc.retry_after_s or self.retry_backoff_s

@@ -8,6 +8,7 @@ Mattermost, Rocket.Chat and most chat tools also accept. Retries: connection err
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -110,7 +111,17 @@ class SlackWebhook:
 
 
 def _retry_after(header: str | None, default: float, cap: float) -> float:
+    """Seconds to wait from a ``Retry-After`` header, capped; ``default`` unless it is a finite number >= 0.
+
+    ``float()`` accepts ``nan`` and ``inf``: a NaN delay made ``asyncio.sleep`` wait for ever, so
+    anything not finite (and any negative value) falls back to the backoff.
+    """
+    if not header:
+        return default
     try:
-        return min(max(float(header), 0.0), cap) if header else default
+        seconds = float(header)
     except ValueError:
         return default
+    if not math.isfinite(seconds) or seconds < 0:
+        return default
+    return min(seconds, cap)

@@ -290,3 +290,77 @@ def test_restore_leaves_alerts_the_engine_already_tracks() -> None:
     stale = stored("provider_error_rate", "openai", "critical", "resolved", started=T0, at=T0)
     assert engine.restore([stale]) == 0
     assert engine.firing == {"provider_error_rate:openai": "warning"}
+
+
+def usage(i: int, status: str, ts: datetime, *, cost: float = 0.0, provider: str = "openai") -> UsageEvent:
+    cached = status == "cached"
+    return UsageEvent(
+        event_id=f"r{i}:cache" if cached else f"r{i}:1",
+        request_id=f"r{i}",
+        tenant="acme",
+        provider=provider,
+        model="gpt-4o",
+        status=status,  # type: ignore[arg-type]
+        attempt=0 if cached else 1,
+        cost_usd=cost,
+        saved_cost_usd=0.02 if cached else 0.0,
+        latency_ms=1.0 if cached else 200.0,
+        ts=ts,
+    )
+
+
+def test_cache_hits_do_not_dilute_a_providers_rates() -> None:
+    clock = Clock()
+    window = UsageWindow(timedelta(minutes=5), clock=clock)
+    # 20 real calls, 5 failed (25 %), each answered one $0.02; plus 80 cache hits of openai's answers
+    window.add_all(usage(i, "error", T0) for i in range(5))
+    window.add_all(usage(i, "ok", T0, cost=0.02) for i in range(5, 20))
+    window.add_all(usage(i, "cached", T0) for i in range(100, 180))
+    stats = window.snapshot().providers["openai"]
+    assert (stats.requests, stats.errors) == (20, 5)
+    assert abs(stats.cost_usd - 0.30) < 1e-9
+    rules = {c.rule: c.value for c in conditions(window.snapshot(), AlertRules())}
+    assert rules["provider_error_rate"] == 0.25
+    assert abs(rules["provider_cost_per_request"] - 0.015) < 1e-9
+
+
+def test_an_error_rate_alert_does_not_resolve_while_only_cache_hits_flow() -> None:
+    clock = Clock()
+    window = UsageWindow(timedelta(minutes=5), clock=clock)
+    engine = AlertEngine(AlertRules(), clock=clock)
+    window.add_health(ProviderHealth(provider="openai", state="open", reason="5 failures", ts=T0))
+    n = 0
+    transitions: list[tuple[str, str, str]] = []
+    for minute in range(30):
+        for _ in range(30 if minute < 8 else 1):  # failing calls, then one failing probe a minute
+            n += 1
+            window.add(usage(n, "error", clock.now))
+        for _ in range(25):  # the cache keeps answering with openai's earlier answers
+            n += 1
+            window.add(usage(n, "cached", clock.now))
+        transitions += [(a.rule, a.severity, a.status) for a in engine.evaluate(window.snapshot())]
+        clock.advance(minutes=1)
+    assert ("provider_error_rate", "critical", "firing") in transitions
+    assert not [t for t in transitions if t[2] == "resolved"]
+
+
+def test_a_provider_with_only_cache_hits_in_the_window_is_not_judged() -> None:
+    window = UsageWindow(timedelta(minutes=5), clock=Clock())
+    window.add_all(usage(i, "cached", T0, provider="anthropic") for i in range(30))
+    assert window.snapshot().providers == {}
+
+
+def test_events_older_than_the_window_are_not_counted_whatever_their_arrival_order() -> None:
+    clock = Clock()
+    window = UsageWindow(timedelta(minutes=5), clock=clock)
+    window.add(usage(0, "ok", T0 - timedelta(seconds=5)))  # a live partition first
+    # then a partition still catching up delivers yesterday's incident, and one from 4 minutes ago
+    window.add_all(usage(i, "error", T0 - timedelta(days=1)) for i in range(1, 40))
+    window.add(usage(40, "error", T0 - timedelta(minutes=4)))
+    stats = window.snapshot().providers["openai"]
+    assert (stats.requests, stats.errors) == (2, 1)
+    assert conditions(window.snapshot(), AlertRules()) == []
+    # an event that was inside the window when it arrived slides out once its time has passed
+    clock.advance(minutes=2)
+    stats = window.snapshot().providers["openai"]
+    assert (stats.requests, stats.errors) == (1, 0)

@@ -30,6 +30,7 @@ from streams.analytics.migrate import RenderOptions, migrate
 from streams.analytics.sink import UsageSink
 from streams.analytics.synthetic import synthetic_events
 from streams.settings import ClickHouseSettings, Settings, get_settings
+from tests.fixtures.chdb import chdb_test_root
 
 REPO = Path(__file__).resolve().parents[2]
 DB = "aifleet"
@@ -39,7 +40,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"backup-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"backup-{uuid.uuid4().hex[:8]}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from streams.analytics.cli import app
 from streams.settings import get_settings
+from tests.fixtures.chdb import chdb_test_root
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"cli-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"cli-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AIFLEET_HOME", str(path / "home"))
     monkeypatch.setenv("AIFLEET_CLICKHOUSE__DATA_PATH", str(path / "chdb"))
     get_settings.cache_clear()
@@ -56,13 +57,13 @@ def test_seed_then_reports(env: Path, tmp_path: Path) -> None:
     from streams.analytics.synthetic import synthetic_events
 
     expected = sum(Decimal(str(e.cost_usd)) for e in synthetic_events(3000, span=timedelta(days=2)))
-    assert abs(Decimal(str(sum(r["cost_usd"] for r in doc["rows"]))) - expected) < Decimal("0.005")
+    assert abs(sum(Decimal(r["cost_usd"]) for r in doc["rows"]) - expected) < Decimal("0.005")
     out = tmp_path / "cost.html"
     result = runner.invoke(app, ["report", "cost", "--since", "3d", "--format", "html", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text().count("<svg") == 3
     csv_result = runner.invoke(app, ["report", "latency", "--by", "provider,model", "--format", "csv"])
-    assert csv_result.exit_code == 0 and csv_result.output.startswith("provider,model,requests,avg_ms")
+    assert csv_result.exit_code == 0 and csv_result.output.startswith("provider,model,attempts,avg_ms")
 
 
 def test_report_rejects_bad_input(env: Path) -> None:
@@ -70,3 +71,7 @@ def test_report_rejects_bad_input(env: Path) -> None:
     assert result.exit_code == 2 and "cannot group by" in result.output
     result = runner.invoke(app, ["report", "cost", "--format", "xml"])
     assert result.exit_code == 2 and "unknown format" in result.output
+    for since in ("3000000d", "100000w", "99999999999999999999d", "1969-12-31", "0001-01-01T00:00+01:00"):
+        result = runner.invoke(app, ["report", "cost", "--since", since])
+        assert result.exit_code == 2, (since, result.output)
+        assert "error:" in result.output and "1970-01-01" in result.output, result.output

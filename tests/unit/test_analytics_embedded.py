@@ -22,6 +22,7 @@ from streams.analytics.endpoint import ADVERT_FILE, EndpointReader, read_adverti
 from streams.analytics.errors import AnalyticsQueryError
 from streams.analytics.reports import report
 from streams.settings import ClickHouseSettings
+from tests.fixtures.chdb import chdb_test_root
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 200
@@ -81,7 +82,7 @@ create_client(ClickHouseSettings(data_path=Path(sys.argv[1])))
 
 @pytest.fixture
 def data_path() -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"embedded-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"embedded-{uuid.uuid4().hex[:8]}"
     yield path
     import shutil
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +20,9 @@ import pytest
 from schemas.alert import Alert
 from schemas.usage import UsageEvent
 from streams.analytics.alerting import AlertLoop, budget_inputs
-from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow
+from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow, conditions, snapshot_from_store
 from streams.analytics.client import ClientReader, create_client
+from streams.analytics.endpoint import EndpointReader, QueryEndpoint
 from streams.analytics.errors import AnalyticsUnavailable, InvalidReportRequest
 from streams.analytics.migrate import RenderOptions, applied_versions, migrate
 from streams.analytics.reports import ReportRequest, alert_history, render, report, run_report
@@ -26,13 +30,14 @@ from streams.analytics.sink import UsageSink
 from streams.catalog import Catalog, TenantSpec
 from streams.routing.quota import month_start
 from streams.settings import ClickHouseSettings
+from tests.fixtures.chdb import chdb_test_root
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="module")
 def chdb_path() -> Iterator[Path]:
-    path = Path("/tmp/aifleet-analytics-tests") / f"store-{uuid.uuid4().hex[:8]}"
+    path = chdb_test_root() / f"store-{uuid.uuid4().hex[:8]}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -172,7 +177,7 @@ def test_other_reports_and_tenant_filter(store: tuple[ClickHouseSettings, Any]) 
     assert cache.rows[0]["cache_hits"] == 20
     assert cache.rows[0]["saved_cost_usd"] == Decimal("0.01")
     latency = report(reader, "latency", since="1d", by="provider", database=db)
-    assert latency.total("requests") == 180  # cached hits are not latency samples
+    assert latency.total("attempts") == 180  # cached hits are not latency samples
     assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in latency.rows)
     only = report(reader, "cost", since="1d", tenants=["tenant-1"], database=db)
     assert only.total("requests") == sum(1 for e in events if e.tenant == "tenant-1")
@@ -203,7 +208,7 @@ def test_formats(store: tuple[ClickHouseSettings, Any]) -> None:
     assert len(csv_text.splitlines()) == 3
     doc = orjson.loads(render(rep, "json"))
     assert doc["kind"] == "cost" and doc["by"] == ["provider"]
-    assert round(sum(r["cost_usd"] for r in doc["rows"]), 6) == float(rep.total("cost_usd"))
+    assert sum(Decimal(r["cost_usd"]) for r in doc["rows"]) == rep.total("cost_usd")  # money: exact strings
     table = render(rep, "table")
     assert "openai" in table and "anthropic" in table
     html = render(rep, "html", reader, database=settings.database)
@@ -417,3 +422,125 @@ def test_budget_inputs_use_the_tenants_own_budget_else_its_tiers() -> None:
     assert "open" not in budgets  # enterprise has no default budget: nothing to alert on
     assert (budgets.get("walk-in"), spend.get("walk-in")) == ((free_budget, 1.0) if free_budget else (None, None))
     assert month_start(datetime(2026, 11, 29, 9, 30, tzinfo=UTC)) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@contextmanager
+def serving(settings: ClickHouseSettings) -> Iterator[EndpointReader]:
+    """The loopback query endpoint on this process's engine, read through an ``EndpointReader``."""
+    loop = asyncio.new_event_loop()
+    endpoint = QueryEndpoint(settings, settings.data_path or Path())
+    loop.run_until_complete(endpoint.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    reader = EndpointReader(endpoint.url, endpoint.token)
+    try:
+        yield reader
+    finally:
+        reader.close()
+        asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_store_snapshot_leaves_cache_hits_out_and_survives_a_provider_with_only_cache_hits(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+    at = NOW - timedelta(seconds=30)
+
+    def event(i: int, provider: str, status: str, cost: float = 0.0) -> UsageEvent:
+        cached = status == "cached"
+        return UsageEvent(
+            event_id=f"w{i}:cache" if cached else f"w{i}:1",
+            request_id=f"w{i}",
+            tenant="acme",
+            provider=provider,
+            model="m",
+            status=status,  # type: ignore[arg-type]
+            attempt=0 if cached else 1,
+            cost_usd=cost,
+            latency_ms=5.0 if cached else 200.0,
+            ts=at,
+        )
+
+    events = [event(i, "openai", "error") for i in range(5)]
+    events += [event(i, "openai", "ok", 0.02) for i in range(5, 20)]
+    events += [event(i, "openai", "cached") for i in range(100, 180)]
+    events += [event(i, "anthropic", "cached") for i in range(200, 225)]  # only cache hits in the window
+    UsageSink(settings, client=client).write_sync(events)
+    direct = ClientReader(client, owns_client=False)
+    with serving(settings) as remote:
+        for reader in (direct, remote):
+            snap = snapshot_from_store(reader, now=NOW, database=settings.database)
+            assert set(snap.providers) == {"openai"}
+            stats = snap.providers["openai"]
+            assert (stats.requests, stats.errors, stats.p95_latency_ms) == (20, 5, 200.0)
+            assert abs(stats.cost_usd - 0.30) < 1e-9
+            assert {c.rule for c in conditions(snap, AlertRules())} == {
+                "provider_error_rate",
+                "provider_cost_per_request",
+            }
+        # a non-finite float crosses the endpoint's JSON as null and comes back as NaN, as read directly
+        _, rows = remote.query_rows("SELECT nan AS x, CAST(NULL AS Nullable(Float64)) AS y")
+        assert math.isnan(rows[0][0]) and rows[0][1] is None
+
+
+def test_events_older_than_the_usage_ttl_are_dropped_so_replays_never_inflate_the_rollups(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+    assert settings.ttl_days == 90
+    sink = UsageSink(settings, client=client)
+    old = make_events(2, prefix="old", cost=1.0)
+    old = [e.model_copy(update={"ts": NOW - timedelta(days=100)}) for e in old]
+    recent = [e.model_copy(update={"ts": NOW - timedelta(days=80)}) for e in make_events(1, prefix="kept", cost=1.0)]
+    for _ in range(3):  # the first write and two replays (a restart, `analytics rebuild --from-earliest`)
+        sink.write_sync(old + recent)
+    db = settings.database
+    assert scalar(client, f"SELECT count() FROM {db}.usage_events FINAL") == 1
+    assert scalar(client, f"SELECT sum(requests) FROM {db}.usage_daily") == 1
+    assert scalar(client, f"SELECT sum(cost_usd) FROM {db}.usage_daily") == Decimal("1")
+    assert (sink.stats.inserted, sink.stats.duplicates, sink.stats.expired) == (1, 2, 6)
+
+
+def test_reports_count_requests_once_however_many_attempts_and_keep_the_attempts(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    settings, client = store
+
+    def event(event_id: str, status: str, cost: float, attempt: int) -> UsageEvent:
+        return UsageEvent(
+            event_id=event_id,
+            request_id=event_id.split(":", maxsplit=1)[0],
+            tenant="acme",
+            provider="openai",
+            model="m",
+            status=status,  # type: ignore[arg-type]
+            error_reason="timeout" if status == "error" else None,  # type: ignore[arg-type]
+            attempt=attempt,
+            cost_usd=cost,
+            saved_cost_usd=0.02 if status == "cached" else 0.0,
+            ts=NOW - timedelta(minutes=1),
+        )
+
+    # A: attempt 1 times out, attempt 2 answers for $0.02; B: a cache hit of A's answer; C: fails twice
+    UsageSink(settings, client=client).write_sync(
+        [
+            event("A:1", "error", 0.0, 1),
+            event("A:2", "ok", 0.02, 2),
+            event("B:cache", "cached", 0.0, 0),
+            event("C:1", "error", 0.0, 1),
+            event("C:2", "error", 0.0, 2),
+        ]
+    )
+    reader = ClientReader(client, owns_client=False)
+    [cost] = report(reader, "cost", since="1h", by="tenant", database=settings.database).rows
+    assert (cost["requests"], cost["attempts"], cost["cost_usd"]) == (3, 5, Decimal("0.02"))
+    assert cost["cost_per_request"] == Decimal("0.006666666")  # per request, at the column scale
+    [cache] = report(reader, "cache", since="1h", by="tenant", database=settings.database).rows
+    assert (cache["requests"], cache["cache_hits"]) == (3, 1) and cache["hit_rate"] == 1 / 3
+    [errors] = report(reader, "errors", since="1h", by="tenant", database=settings.database).rows
+    assert (errors["requests"], errors["attempts"], errors["errors"], errors["failed_requests"]) == (3, 5, 3, 1)
+    assert errors["error_rate"] == 1 / 3 and errors["attempt_error_rate"] == 3 / 5
+    assert errors["top_reason"] == "timeout"

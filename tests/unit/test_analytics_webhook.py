@@ -108,3 +108,15 @@ async def test_connection_refused_is_retried_then_fails() -> None:
         with pytest.raises(WebhookDeliveryFailed, match="ClientConnectorError"):
             await hook.send(ALERT)
     assert delays == [0.01, 0.02]
+
+
+@pytest.mark.parametrize("header", ["nan", "NaN", "inf", "-inf", "-3", "soon"])
+async def test_a_retry_after_that_is_not_a_finite_delay_falls_back_to_the_backoff(
+    receiver: tuple[Receiver, str], header: str
+) -> None:
+    rec, url = receiver
+    rec.script = [(429, {"Retry-After": header}), (429, {"Retry-After": header})]
+    delays, sleep = recorder()
+    async with SlackWebhook(url, retries=4, backoff_s=0.5, sleep=sleep) as hook:
+        assert await hook.send(ALERT) == 3
+    assert delays == [0.5, 1.0]  # the exponential backoff, not NaN (which slept for ever) or 0
