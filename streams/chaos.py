@@ -736,7 +736,7 @@ async def clickhouse_away(d: Deployment) -> ChaosResult:
                     u = orjson.loads(raw or b"")
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(u, dict) and u.get("tenant") in d.tenants:
+                if isinstance(u, dict) and u.get("tenant") in d.tenants and u.get("status") != "rejected":
                     produced[u["event_id"]] = float(u.get("cost_usd") or 0.0)
         expected = len(produced)
         counted, cost = 0, 0.0

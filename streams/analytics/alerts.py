@@ -345,7 +345,8 @@ class UsageWindow:
         """The aggregates of the events whose ``ts`` lies in the last ``window``, in any arrival order.
 
         Cache hits are left out: they carry the name of the provider whose answer was cached, but
-        that provider was not called, so they say nothing about its errors, latency or cost.
+        that provider was not called, so they say nothing about its errors, latency or cost. So are
+        ``rejected`` events (a request that ended without any call).
         """
         horizon = self.clock() - self.window
         self._prune(horizon)
@@ -354,7 +355,7 @@ class UsageWindow:
         cost: dict[str, float] = {}
         latency: dict[str, list[float]] = {}
         for e in self._events:
-            if e.status == "cached" or e.ts < horizon:
+            if e.status in ("cached", "rejected") or e.ts < horizon:
                 continue
             requests[e.provider] = requests.get(e.provider, 0) + 1
             errors[e.provider] = errors.get(e.provider, 0) + (e.status == "error")

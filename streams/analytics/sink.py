@@ -178,7 +178,8 @@ class UsageSink:
     def write_sync(self, events: list[UsageEvent], prompts: Mapping[str, str] | None = None) -> int:
         """Blocking ``write``; returns how many events were new.
 
-        Events older than the usage TTL (``settings.ttl_days``, less ``TTL_MARGIN``) are dropped and
+        ``rejected`` events (a request that ended without any provider call) are not stored: they are not
+        attempts, and exist only to release a budget reservation. Events older than the usage TTL (``settings.ttl_days``, less ``TTL_MARGIN``) are dropped and
         counted in ``stats.expired``: the table drops such rows on insert, so the duplicate look-up
         never finds them, yet the materialized views would add them to the rollups on every replay.
         """
@@ -186,6 +187,8 @@ class UsageSink:
         horizon = datetime.now(UTC) - timedelta(days=self.settings.ttl_days) + TTL_MARGIN
         expired = 0
         for event in events:
+            if event.status == "rejected":
+                continue  # no call was made: it only releases a budget hold in the quota ledger
             if _utc(event.ts) < horizon:
                 expired += 1
             else:

@@ -316,6 +316,7 @@ def test_cache_hits_do_not_dilute_a_providers_rates() -> None:
     window.add_all(usage(i, "error", T0) for i in range(5))
     window.add_all(usage(i, "ok", T0, cost=0.02) for i in range(5, 20))
     window.add_all(usage(i, "cached", T0) for i in range(100, 180))
+    window.add_all(usage(i, "rejected", T0) for i in range(200, 240))  # no call made: not the provider's either
     stats = window.snapshot().providers["openai"]
     assert (stats.requests, stats.errors) == (20, 5)
     assert abs(stats.cost_usd - 0.30) < 1e-9

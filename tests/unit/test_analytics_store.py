@@ -504,6 +504,16 @@ def test_events_older_than_the_usage_ttl_are_dropped_so_replays_never_inflate_th
     assert (sink.stats.inserted, sink.stats.duplicates, sink.stats.expired) == (1, 2, 6)
 
 
+def test_rejected_events_release_budget_holds_but_are_not_stored(store: tuple[ClickHouseSettings, Any]) -> None:
+    settings, client = store
+    sink = UsageSink(settings, client=client)
+    [kept, rejected] = make_events(2, prefix="rej")
+    rejected = rejected.model_copy(update={"status": "rejected", "attempt": 0, "cost_usd": 0.0})
+    assert sink.write_sync([kept, rejected]) == 1
+    ids = client.query(f"SELECT event_id FROM {settings.database}.usage_events FINAL").result_rows
+    assert [row[0] for row in ids] == [kept.event_id]
+
+
 def test_reports_count_requests_once_however_many_attempts_and_keep_the_attempts(
     store: tuple[ClickHouseSettings, Any],
 ) -> None:
