@@ -179,9 +179,10 @@ class UsageSink:
         """Blocking ``write``; returns how many events were new.
 
         ``rejected`` events (a request that ended without any provider call) are not stored: they are not
-        attempts, and exist only to release a budget reservation. Events older than the usage TTL (``settings.ttl_days``, less ``TTL_MARGIN``) are dropped and
-        counted in ``stats.expired``: the table drops such rows on insert, so the duplicate look-up
-        never finds them, yet the materialized views would add them to the rollups on every replay.
+        attempts, and exist only to release a budget reservation. Events older than the usage TTL
+        (``settings.ttl_days``, less ``TTL_MARGIN``) are dropped and counted in ``stats.expired``: the table
+        drops such rows on insert, so the duplicate look-up never finds them, yet the materialized views
+        would add them to the rollups on every replay.
         """
         unique: dict[str, UsageEvent] = {}
         horizon = datetime.now(UTC) - timedelta(days=self.settings.ttl_days) + TTL_MARGIN
