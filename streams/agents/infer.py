@@ -8,6 +8,7 @@ goes on to dispatch with the local provider excluded, so its fallback chain stil
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from schemas.response import Latency, Response, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams.agents.dispatch import publish_fill
+from streams.errors import PayloadTooLarge
 from streams.observe import observe_outbox
 from streams.publisher import Outbox, Publisher, publish_all
 from streams.timing import elapsed_ms_since
@@ -56,58 +58,82 @@ class InferStage:
                 await self._fallback(routed.model_copy(update={"excluded": [*routed.excluded, "local"]}))
             return
         batch_ms = (time.perf_counter() - started) * 1000
-        outbox: Outbox = []
+        outboxes: list[Outbox] = []
         i = 0
         for routed in batch:
             req = routed.request
             n = len(req.input or [])
             tokens = int(sum(lengths[i : i + n]))
             usage = TokenUsage(input_tokens=tokens)
-            outbox.append(
-                (
-                    self._topics.usage,
-                    UsageEvent(
-                        event_id=f"{req.request_id}:1",
-                        request_id=req.request_id,
-                        tenant=req.tenant,
-                        tier=routed.tier,
-                        kind="embedding",
-                        provider=routed.route.provider,
-                        model=routed.route.model,
-                        status="ok",
-                        attempt=1,
-                        input_tokens=tokens,
-                        latency_ms=batch_ms,
-                        route_reason=routed.route.reason,
-                        region=req.region,
-                        worker=self._worker,
+            outboxes.append(
+                [
+                    (
+                        self._topics.usage,
+                        UsageEvent(
+                            event_id=f"{req.request_id}:1",
+                            request_id=req.request_id,
+                            tenant=req.tenant,
+                            tier=routed.tier,
+                            kind="embedding",
+                            provider=routed.route.provider,
+                            model=routed.route.model,
+                            status="ok",
+                            attempt=1,
+                            input_tokens=tokens,
+                            latency_ms=batch_ms,
+                            route_reason=routed.route.reason,
+                            region=req.region,
+                            worker=self._worker,
+                        ),
+                        req.tenant,
                     ),
-                    req.tenant,
-                )
-            )
-            outbox.append(
-                (
-                    routed.reply_topic,
-                    Response(
-                        request_id=req.request_id,
-                        tenant=req.tenant,
-                        status="ok",
-                        provider=routed.route.provider,
-                        model=routed.route.model,
-                        embeddings=vectors[i : i + n].tolist(),
-                        usage=usage,
-                        cost_usd=0.0,
-                        latency=Latency(total_ms=elapsed_ms_since(req.created_at), provider_ms=batch_ms),
-                        attempts=1,
-                        route=routed.route,
+                    (
+                        routed.reply_topic,
+                        Response(
+                            request_id=req.request_id,
+                            tenant=req.tenant,
+                            status="ok",
+                            provider=routed.route.provider,
+                            model=routed.route.model,
+                            embeddings=vectors[i : i + n].tolist(),
+                            usage=usage,
+                            cost_usd=0.0,
+                            latency=Latency(total_ms=elapsed_ms_since(req.created_at), provider_ms=batch_ms),
+                            attempts=1,
+                            route=routed.route,
+                        ),
+                        req.request_id,
                     ),
-                    req.request_id,
-                )
+                ]
             )
             i += n
+        # Each request's records go out (and fill its own cache entry) on their own: request ids are the
+        # clients' and may repeat across tenants, and one answer the broker refuses must not sink the batch.
+        await asyncio.gather(*(self._answer(routed, outbox) for routed, outbox in zip(batch, outboxes, strict=True)))
+
+    async def _answer(self, routed: RoutedRequest, outbox: Outbox) -> None:
+        """Publish one request's usage and answer, then its cache fill; an answer that cannot be published (too
+        large for the broker, say) is replaced by a typed error response, so its requester is still answered."""
         observe_outbox("infer", outbox)
-        await publish_all(self._pub, outbox)
-        for routed in batch:
-            if routed.cache is not None:
-                mine = [item for item in outbox if item[2] == routed.request.request_id]
-                await publish_fill(self._pub, self._topics, routed, mine)
+        try:
+            await publish_all(self._pub, outbox)
+            await publish_fill(self._pub, self._topics, routed, outbox)
+        except Exception as exc:  # noqa: BLE001 - answered below with a typed error instead
+            req = routed.request
+            log.warning("could not publish the embeddings of %s: %s", req.request_id, exc)
+            error = PayloadTooLarge(
+                f"the answer ({len(req.input or [])} embeddings) could not be published: {type(exc).__name__}; "
+                "send fewer texts per request"
+            )
+            failed = Response(
+                request_id=req.request_id,
+                tenant=req.tenant,
+                status="error",
+                error=error.to_info(),
+                provider=routed.route.provider,
+                latency=Latency(total_ms=elapsed_ms_since(req.created_at)),
+                attempts=1,
+                route=routed.route,
+            )
+            await publish_all(self._pub, [(routed.reply_topic, failed, req.request_id)])
+            await publish_fill(self._pub, self._topics, routed, [(routed.reply_topic, failed, req.request_id)])
