@@ -87,17 +87,24 @@ class MicroBatcher(Generic[T, R]):
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+        try:
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:
+            # closed while the window was open: these items left the queue but never reached a run
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(BatcherClosed("micro-batcher was closed"))
+            raise
         return batch
 
     async def _work(self) -> None:

@@ -98,7 +98,10 @@ class Embedder:
         pool: ModelPool[SessionKey, EncoderSession] | None = None,
         executor: Executor | None = None,
         workers: int = 1,
+        cpu_variant: Variant = "fp32",
     ) -> None:
+        """``variant="auto"``: fp16 when a GPU is there, else ``cpu_variant`` (also what it switches to when
+        onnxruntime falls back from CUDA to the CPU)."""
         from models.build import models_home
 
         if max_batch_size < 1:
@@ -107,7 +110,8 @@ class Embedder:
         self.spec = spec
         self.home = models_home(home).parent
         self.device: Device = device
-        self.variant: Variant = self._pick_variant(variant, device)
+        self.cpu_variant: Variant = cpu_variant
+        self.variant: Variant = self._pick_variant(variant, device, cpu_variant)
         self._auto_variant = variant == "auto"
         self.max_batch_size = max_batch_size
         self.buckets = tuple(buckets)
@@ -121,11 +125,11 @@ class Embedder:
         self.tokenizer = TextTokenizer(spec, max_length=max_length, path=tokenizer_file(spec, self.home))
 
     @staticmethod
-    def _pick_variant(variant: Variant | Literal["auto"], device: Device) -> Variant:
+    def _pick_variant(variant: Variant | Literal["auto"], device: Device, cpu_variant: Variant = "fp32") -> Variant:
         if variant != "auto":
             return variant
         gpu = device == "cuda" or (device == "auto" and nvidia_device_present())
-        return "fp16" if gpu else "fp32"
+        return "fp16" if gpu else cpu_variant
 
     @property
     def intra_op_threads(self) -> int | None:
@@ -142,10 +146,12 @@ class Embedder:
         """The pooled session (loaded, warmed up and built first when needed)."""
         session = self._pool.get(SessionKey(self.spec.name, self.variant, self.device, self._threads, str(self.home)))
         if self._auto_variant and self.variant == "fp16" and not session.report.on_cuda:
-            # "auto" picked fp16 for a GPU that onnxruntime could not use: fp32 is the right model for the CPU.
-            log.warning("fp16 model fell back to %s; using fp32 instead", session.provider)
-            self.variant = "fp32"
-            session = self._pool.get(SessionKey(self.spec.name, "fp32", self.device, self._threads, str(self.home)))
+            # "auto" picked fp16 for a GPU that onnxruntime could not use: the CPU variant is the right model.
+            log.warning("fp16 model fell back to %s; using %s instead", session.provider, self.cpu_variant)
+            self.variant = self.cpu_variant
+            session = self._pool.get(
+                SessionKey(self.spec.name, self.cpu_variant, self.device, self._threads, str(self.home))
+            )
         return session
 
     @property

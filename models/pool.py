@@ -55,7 +55,9 @@ class ModelPool(Generic[K, V]):
         self._load, self._size_of, self._warm_up, self._release = load, size_of, warm_up, release
         self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._loading: dict[K, threading.Lock] = {}
+        self._reserved: dict[K, int] = {}  # sizes of the loads in flight: they count against the budget
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._hits = self._loads = self._evictions = 0
 
     def get(self, key: K) -> V:
@@ -72,20 +74,31 @@ class ModelPool(Generic[K, V]):
                     return hit[0]
             try:
                 size = int(self._size_of(key))
-                with self._lock:
-                    evicted = self._make_room(size)
+                evicted: list[V] = []
+                with self._room:
+                    # make room, counting other loads in flight; when only they stand in the way, wait for them
+                    # to land (then they can be evicted) rather than load past the budget side by side
+                    while True:
+                        evicted += self._make_room(size)
+                        if self._used() + size <= self.budget_bytes or not self._reserved:
+                            break
+                        self._room.wait()
+                    self._reserved[key] = size
                 self._release_all(evicted)
                 model = self._load(key)
                 if self._warm_up is not None:
                     self._warm_up(model)
                 with self._lock:
+                    self._reserved.pop(key, None)
                     self._entries[key] = (model, size)
                     self._loads += 1
                     evicted = self._make_room(0, keep=key)
                 self._release_all(evicted)
             finally:
-                with self._lock:
+                with self._room:
+                    self._reserved.pop(key, None)
                     self._loading.pop(key, None)
+                    self._room.notify_all()
             if size > self.budget_bytes:
                 log.warning("model %r (%d bytes) alone exceeds the budget (%d bytes)", key, size, self.budget_bytes)
             return model
@@ -117,7 +130,7 @@ class ModelPool(Generic[K, V]):
                 self._release(m)
 
     def _used(self) -> int:
-        return sum(size for _, size in self._entries.values())
+        return sum(size for _, size in self._entries.values()) + sum(self._reserved.values())
 
     def evict(self, key: K) -> bool:
         """Drop one model now; False when it was not loaded."""

@@ -24,10 +24,9 @@ from streams.providers.base import Completion, Embeddings, StreamEvent
 
 @lru_cache(maxsize=1)
 def shared_embedder() -> Embedder:
-    """One embedder per process, loaded on first use: fp16 on CUDA, int8 on CPUs (cosine >= 0.99 to fp32)."""
-    from models.session import nvidia_device_present
-
-    return Embedder("fp16" if nvidia_device_present() else "int8", "auto")
+    """One embedder per process, loaded on first use: fp16 on CUDA, int8 on CPUs (cosine >= 0.99 to fp32), int8
+    also when onnxruntime falls back from CUDA to the CPU (NVIDIA device files but no usable CUDA)."""
+    return Embedder("auto", "auto", cpu_variant="int8")
 
 
 class LocalProvider:

@@ -120,6 +120,19 @@ async def test_close_fails_waiting_callers_and_refuses_new_ones() -> None:
         await batcher.submit(3)
 
 
+async def test_close_during_an_open_batch_window_fails_the_items_already_collected() -> None:
+    fn = Doubler()
+    batcher = MicroBatcher(fn, max_batch=8, max_wait_ms=60_000)  # the window stays open until close
+    collected = asyncio.ensure_future(batcher.submit(1))
+    while batcher._worker is None or not batcher._queue.empty():  # queued, then taken by the worker
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)  # the worker now waits in its window for more items
+    await batcher.close()
+    with pytest.raises(BatcherClosed):
+        await asyncio.wait_for(collected, 5)
+    assert fn.batches == []
+
+
 async def test_concurrent_batches_run_side_by_side() -> None:
     running: list[list[int]] = []
     both_running = asyncio.Event()

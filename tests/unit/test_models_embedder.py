@@ -173,6 +173,23 @@ def test_auto_variant_on_a_gpu_that_does_not_work_uses_fp32(models_home: Path) -
     assert emb.embed(["hello"]).shape == (1, 384)
 
 
+def test_the_gateways_embedder_on_a_gpu_that_does_not_work_uses_int8(
+    models_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the local provider and the infer agent build on a host with NVIDIA device files but no usable CUDA:
+    not fp16 on the CPU (about 4x slower than int8), but the CPU variant it asks for."""
+    import models.embedder
+
+    monkeypatch.setattr(models.embedder, "nvidia_device_present", lambda: True)
+    emb = Embedder("auto", "auto", home=models_home, pool=new_session_pool(), cpu_variant="int8")
+    assert emb.variant == "fp16"
+    if emb.report.on_cuda:
+        pytest.skip("CUDA really works on this machine")
+    assert emb.variant == "int8" and not emb.report.on_cuda
+    monkeypatch.setattr(models.embedder, "nvidia_device_present", lambda: False)
+    assert Embedder("auto", "auto", home=models_home, pool=new_session_pool(), cpu_variant="int8").variant == "int8"
+
+
 async def test_embed_counted_gives_the_vectors_and_token_counts_of_one_tokenisation(embedder: Embedder) -> None:
     vectors, lengths = await embedder.embed_counted_async(TEXTS)
     assert lengths == embedder.tokenizer.lengths(TEXTS)

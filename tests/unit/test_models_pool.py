@@ -110,6 +110,39 @@ def test_concurrent_gets_load_a_model_once() -> None:
     assert len(models) == 1 and rec.loaded == ["a"]
 
 
+def test_concurrent_loads_of_different_models_stay_within_the_budget() -> None:
+    live: set[str] = set()
+    peak = [0]
+    guard = threading.Lock()
+    both_asked = threading.Barrier(2)
+
+    other_loading = threading.Event()
+
+    def load(key: str) -> str:
+        with guard:
+            live.add(key)
+            peak[0] = max(peak[0], 60 * len(live))
+        if len(live) > 1:
+            other_loading.set()
+        other_loading.wait(0.5)  # the first load stays in flight long enough for the second to overlap it
+        return key
+
+    def release(model: str) -> None:
+        with guard:
+            live.discard(model)
+
+    pool: ModelPool[str, str] = ModelPool(100, load, lambda _k: 60, release=release)
+
+    def get(key: str) -> str:
+        both_asked.wait()
+        return pool.get(key)
+
+    with ThreadPoolExecutor(2) as ex:
+        assert sorted(ex.map(get, ["a", "b"])) == ["a", "b"]
+    assert peak[0] <= 100  # the second load waited for the first to land, then evicted it
+    assert pool.stats().used_bytes <= 100 and pool.stats().loads == 2
+
+
 def test_failed_load_leaves_pool_usable() -> None:
     calls = {"n": 0}
 
