@@ -15,6 +15,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+"""A legal Kafka topic name: the only characters Kafka accepts, at most 249 of them."""
 
 
 class Message(BaseModel):
@@ -45,7 +47,11 @@ class Request(Event):
     idempotency_key: str | None = Field(default=None, max_length=256)
     created_at: datetime = Field(default_factory=utc_now)
     deadline_ms: int = Field(default=30_000, ge=1, le=3_600_000)
-    reply_topic: str | None = Field(default=None, max_length=249)
+    reply_topic: str | None = Field(
+        default=None,
+        pattern=TOPIC_PATTERN,
+        description="Where the answer goes: the shared responses topic or one under responses.<tenant>; it must exist.",
+    )
     region: str | None = Field(default=None, max_length=64)
     cache_bypass: bool = Field(default=False, description="Never answer from the cache, nor fill it.")
     cache_nondeterministic: bool = Field(
