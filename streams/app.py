@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from schemas.base import Event
 from schemas.cache import CachePurge
-from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams import faust_tuning, recovery_watch
 from streams.agents.dispatch import DispatchStage
@@ -23,15 +22,13 @@ from streams.cache.semantic import SemanticIndex
 from streams.cache.stage import CacheStage
 from streams.cache.store import CacheStore, TableCacheStore
 from streams.catalog import Catalog, cached_catalog
-from streams.codec import dead_letter
-from streams.errors import ConfigError, InvalidRecord
+from streams.errors import ConfigError
 from streams.health_feed import HealthPublisher, apply_to_board, follow_health
 from streams.kafka_auth import aiokafka_options, faust_credentials
 from streams.providers.base import Provider
 from streams.providers.local import shared_embedder
 from streams.providers.registry import UnknownAdapter, build_provider
-from streams.publisher import publish_all
-from streams.rejects import TopicDirectory, crash_handler
+from streams.rejects import TopicDirectory, crash_handler, read_routed
 from streams.resilience.caller import ResilientCaller
 from streams.resilience.circuit_breaker import BreakerBoard
 from streams.resilience.limits import provider_share
@@ -354,20 +351,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(app, topics.routed, settings), name="dispatch")
     async def dispatch_agent(stream: Any) -> None:
         async def handle(event: Any) -> None:
-            try:
-                routed = RoutedRequest.from_json(event.value)
-            except ValidationError as exc:
-                m = event.message
-                err = InvalidRecord(f"routed record is invalid: {exc.error_count()} error(s)")
-                letter = dead_letter(
-                    err,
-                    event.value,
-                    topic=m.topic,
-                    partition=m.partition,
-                    offset=m.offset,
-                    max_payload=settings.worker.dlq_max_payload_bytes,
-                )
-                await publish_all(publisher, [(topics.dlq, letter, None)])
+            routed = await read_routed(
+                event, publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
+            )
+            if routed is None:
                 return
             await dispatch.handle(routed)
 
@@ -383,10 +370,11 @@ def build_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.infer.max_batch, within=settings.infer.max_wait_ms / 1000):
             batch = []
             for e in events:
-                try:
-                    batch.append(RoutedRequest.from_json(e.value))
-                except ValidationError:
-                    await dead_letter_crash(e, ValueError("infer record is not a RoutedRequest"))
+                routed = await read_routed(
+                    e, publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
+                )
+                if routed is not None:
+                    batch.append(routed)
             if batch:
                 await infer.handle_batch(batch)
 

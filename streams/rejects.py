@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from schemas.base import Event
 from schemas.dead_letter import DeadLetter
 from schemas.response import Response
+from schemas.routed import RoutedRequest
 from streams.codec import dead_letter, first_errors, reply_ids
 from streams.errors import InvalidRecord, ProcessingFailed, SchemaViolation
 from streams.publisher import Publisher
@@ -197,6 +198,22 @@ def processing_failed(raw: bytes | None, exc: BaseException) -> ProcessingFailed
 def invalid_routed(raw: bytes | None, exc: ValidationError) -> SchemaViolation:
     """The typed error for a routed record that is not a ``RoutedRequest``, naming its first errors."""
     return SchemaViolation(f"routed record is invalid: {first_errors(exc)}", **_ids(raw))
+
+
+async def read_routed(
+    event: Any, publisher: Publisher, topics: Topics, *, max_payload: int, exists: TopicExists | None
+) -> RoutedRequest | None:
+    """The faust event's ``RoutedRequest``; None once an invalid one is dead-lettered and answered."""
+    try:
+        return RoutedRequest.from_json(event.value)
+    except ValidationError as exc:
+        err = invalid_routed(event.value, exc)
+    m = event.message
+    await reject(
+        publisher, topics, err, event.value, source_topic=m.topic, partition=m.partition, offset=m.offset,
+        max_payload=max_payload, requested_reply=err.reply_topic, exists=exists,
+    )  # fmt: skip
+    return None
 
 
 def crash_handler(

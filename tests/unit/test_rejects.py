@@ -202,3 +202,47 @@ async def test_a_letter_too_large_for_the_broker_is_cut_down_and_sent_again() ->
     assert pub.on("p.dlq") == [letter]
     assert letter.payload_truncated and letter.payload_size == len(raw)
     assert raw.startswith(base64.b64decode(letter.payload_b64))
+
+
+def routed_record(reply_topic: str, **extra: Any) -> bytes:
+    from schemas.response import RouteInfo
+    from schemas.routed import RoutedRequest
+
+    routed = RoutedRequest(
+        request=Request.model_validate(GOOD),
+        route=RouteInfo(provider="openai", model="gpt-4o-mini", reason="x"),
+        tier="pro",
+        reply_topic=reply_topic,
+    )
+    return orjson.dumps({**orjson.loads(routed.to_json()), **extra})
+
+
+@pytest.mark.parametrize(
+    ("reply_topic", "answered_on"),
+    [("p.responses.acme.mine", "p.responses.acme.mine"), ("p.responses.acme.typo", "p.responses")],
+)
+async def test_an_invalid_routed_record_is_dead_lettered_with_its_ids_and_answered(
+    reply_topic: str, answered_on: str
+) -> None:
+    from streams.rejects import read_routed
+
+    pub = Broker()
+    ev = Ev(routed_record(reply_topic, priority=5))  # a field a newer gate might add (extra="forbid")
+    ev.message.topic = "p.routed"
+    assert await read_routed(ev, pub, TOPICS, max_payload=700_000, exists=directory().exists) is None
+    [letter] = pub.on("p.dlq")
+    assert isinstance(letter, DeadLetter) and letter.reason == DeadLetterReason.SCHEMA_VIOLATION
+    assert (letter.request_id, letter.tenant, letter.source_topic) == ("r1", "acme", "p.routed")
+    assert "priority" in letter.detail
+    [reply] = pub.on(answered_on)
+    assert isinstance(reply, Response) and reply.error is not None
+    assert reply.error.reason == ErrorReason.SCHEMA_VIOLATION and "priority" in reply.error.message
+
+
+async def test_a_valid_routed_record_is_returned_untouched() -> None:
+    from streams.rejects import read_routed
+
+    pub = Broker()
+    ev = Ev(routed_record("p.responses"))
+    routed = await read_routed(ev, pub, TOPICS, max_payload=700_000, exists=None)
+    assert routed is not None and routed.request.request_id == "r1" and pub.sent == []
