@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.base import Event, utc_now
 
@@ -15,6 +15,13 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+"""A legal Kafka topic name: the only characters Kafka accepts, at most 249 of them."""
+
+CREATED_AT_MAX_AHEAD = timedelta(minutes=5)
+"""How far a request's ``created_at`` may lie ahead of the validating clock (producers' clock skew)."""
+CREATED_AT_MAX_AGE = timedelta(days=7)
+"""How far it may lie behind (a stock topic's retention: no record in flight is older)."""
 
 
 class Message(BaseModel):
@@ -43,9 +50,16 @@ class Request(Event):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     stream: bool = False
     idempotency_key: str | None = Field(default=None, max_length=256)
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: AwareDatetime = Field(
+        default_factory=utc_now,
+        description="When the request was made, with a timezone; within 5 minutes ahead and 7 days behind now.",
+    )
     deadline_ms: int = Field(default=30_000, ge=1, le=3_600_000)
-    reply_topic: str | None = Field(default=None, max_length=249)
+    reply_topic: str | None = Field(
+        default=None,
+        pattern=TOPIC_PATTERN,
+        description="Where the answer goes: the shared responses topic or one under responses.<tenant>; it must exist.",
+    )
     region: str | None = Field(default=None, max_length=64)
     cache_bypass: bool = Field(default=False, description="Never answer from the cache, nor fill it.")
     cache_nondeterministic: bool = Field(
@@ -53,6 +67,17 @@ class Request(Event):
     )
     allow_semantic_cache: bool = False
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at_near_now(cls, value: datetime) -> datetime:
+        now = utc_now()
+        if value > now + CREATED_AT_MAX_AHEAD:
+            ahead = int(CREATED_AT_MAX_AHEAD.total_seconds() // 60)
+            raise ValueError(f"must not be more than {ahead} minutes ahead of now ({now.isoformat()})")
+        if value < now - CREATED_AT_MAX_AGE:
+            raise ValueError(f"must not be more than {CREATED_AT_MAX_AGE.days} days before now ({now.isoformat()})")
+        return value
 
     @model_validator(mode="after")
     def _payload_matches_kind(self) -> Self:

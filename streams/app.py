@@ -5,18 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any, cast
 
 import faust
 from pydantic import ValidationError
 
 from schemas.base import Event
 from schemas.cache import CachePurge
-from schemas.dead_letter import DeadLetterReason
-from schemas.errors import ErrorInfo, ErrorReason
-from schemas.response import Response
-from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
 from streams import faust_tuning, recovery_watch
 from streams.agents.dispatch import DispatchStage
@@ -26,14 +22,13 @@ from streams.cache.semantic import SemanticIndex
 from streams.cache.stage import CacheStage
 from streams.cache.store import CacheStore, TableCacheStore
 from streams.catalog import Catalog, cached_catalog
-from streams.codec import dead_letter, reply_ids
-from streams.errors import ConfigError, InvalidRecord
+from streams.errors import ConfigError
 from streams.health_feed import HealthPublisher, apply_to_board, follow_health
 from streams.kafka_auth import aiokafka_options, faust_credentials
 from streams.providers.base import Provider
 from streams.providers.local import shared_embedder
 from streams.providers.registry import UnknownAdapter, build_provider
-from streams.publisher import publish_all
+from streams.rejects import TopicDirectory, crash_handler, read_routed
 from streams.resilience.caller import ResilientCaller
 from streams.resilience.circuit_breaker import BreakerBoard
 from streams.resilience.limits import provider_share
@@ -257,6 +252,17 @@ def new_faust_app(settings: Settings, app_id: str, **overrides: Any) -> faust.Ap
     return faust.App(app_id, **conf)
 
 
+def broker_topics(app: faust.App) -> Callable[[], Awaitable[set[str]]]:
+    """The topics the broker has, from a metadata fetch on the app's producer connection."""
+
+    async def fetch() -> set[str]:
+        client = cast(Any, app.producer)._ensure_producer().client  # the started aiokafka producer's client
+        cluster = await client.fetch_all_metadata()
+        return set(cluster.topics())
+
+    return fetch
+
+
 def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
     """A topic of raw bytes (keys and values), with the deployment's partition count."""
     return app.topic(
@@ -317,6 +323,7 @@ def build_app(settings: Settings) -> faust.App:
         return limiter_load(limiter) if limiter is not None else 0.0
 
     cache = build_cache(app, settings, catalog, topics, publisher, wid)
+    reply_topics = TopicDirectory(broker_topics(app), always=topics.all())
     gate = GateStage(
         topics=topics,
         router=router,
@@ -328,37 +335,16 @@ def build_app(settings: Settings) -> faust.App:
         dlq_max_payload_bytes=settings.worker.dlq_max_payload_bytes,
         default_tier=settings.default_tier,
         cache=cache,
+        reply_exists=reply_topics.exists,
     )
     dispatch = DispatchStage(topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid)
 
     for name in topics.all():
         raw_topic(app, name, settings)  # declared at start-up with the configured partition count
 
-    async def dead_letter_crash(event: Any, exc: BaseException) -> None:
-        """A handler bug: keep the record in the DLQ with the reason, answer if the id is readable."""
-        message = event.message
-        err = InvalidRecord(f"processing failed: {type(exc).__name__}: {exc}")
-        err.dlq_reason = DeadLetterReason.PROCESSING_FAILED  # type: ignore[misc]
-        letter = dead_letter(
-            err,
-            event.value,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            max_payload=settings.worker.dlq_max_payload_bytes,
-        )
-        items: list[Any] = [(topics.dlq, letter, None)]
-        ids = reply_ids(event.value)
-        request_id, tenant = ids.get("request_id"), ids.get("tenant")
-        if request_id:
-            reply = ids.get("reply_topic")
-            if not (tenant and reply and topics.reply_allowed(tenant, reply)):
-                reply = topics.responses
-            info = ErrorInfo(reason=ErrorReason.INTERNAL, message=f"processing failed: {type(exc).__name__}")
-            items.append(
-                (reply, Response(request_id=request_id, tenant=tenant, status="error", error=info), request_id)
-            )
-        await publish_all(publisher, items)
+    dead_letter_crash = crash_handler(
+        publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
+    )
 
     @app.agent(raw_topic(app, topics.requests, settings), name="gate")
     async def gate_agent(stream: Any) -> None:
@@ -373,20 +359,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(app, topics.routed, settings), name="dispatch")
     async def dispatch_agent(stream: Any) -> None:
         async def handle(event: Any) -> None:
-            try:
-                routed = RoutedRequest.from_json(event.value)
-            except ValidationError as exc:
-                m = event.message
-                err = InvalidRecord(f"routed record is invalid: {exc.error_count()} error(s)")
-                letter = dead_letter(
-                    err,
-                    event.value,
-                    topic=m.topic,
-                    partition=m.partition,
-                    offset=m.offset,
-                    max_payload=settings.worker.dlq_max_payload_bytes,
-                )
-                await publish_all(publisher, [(topics.dlq, letter, None)])
+            routed = await read_routed(
+                event, publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
+            )
+            if routed is None:
                 return
             await dispatch.handle(routed)
 
@@ -402,10 +378,11 @@ def build_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.infer.max_batch, within=settings.infer.max_wait_ms / 1000):
             batch = []
             for e in events:
-                try:
-                    batch.append(RoutedRequest.from_json(e.value))
-                except ValidationError:
-                    await dead_letter_crash(e, ValueError("infer record is not a RoutedRequest"))
+                routed = await read_routed(
+                    e, publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
+                )
+                if routed is not None:
+                    batch.append(routed)
             if batch:
                 await infer.handle_batch(batch)
 

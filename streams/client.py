@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -54,10 +55,12 @@ class AifleetClient:
         partitions: int = 4,
         linger_ms: int = 2,
         kafka_options: Mapping[str, Any] | None = None,
+        remember_answered: int = 100_000,
     ) -> None:
         """``kafka_options``: aiokafka security arguments for a secured cluster
         (``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``,
-        ``ssl_context``; ``streams.kafka_auth.aiokafka_options(settings)`` builds them from settings)."""
+        ``ssl_context``; ``streams.kafka_auth.aiokafka_options(settings)`` builds them from settings).
+        ``remember_answered``: how many answered request ids are kept to count duplicates (the oldest go first)."""
         self._bootstrap = bootstrap
         self._kafka_options = dict(kafka_options or {})
         self._prefix = topic_prefix
@@ -71,7 +74,8 @@ class AifleetClient:
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[Response]] = {}
         self._chunks: dict[str, asyncio.Queue[StreamChunk | Response]] = {}
-        self._done: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._remember = max(1, remember_answered)
         self.responses_seen = 0
         self.duplicates = 0
         self.unsolicited = 0
@@ -176,7 +180,9 @@ class AifleetClient:
         if fut is None:
             self.unsolicited += 1
             return
-        self._done.add(rid)
+        self._done[rid] = None
+        if len(self._done) > self._remember:
+            self._done.popitem(last=False)
         self.responses_seen += 1
         if rid in self._chunks:
             self._chunks[rid].put_nowait(response)
@@ -194,13 +200,27 @@ class AifleetClient:
 
     # -- requests ----------------------------------------------------------------------------
     async def submit(self, request: Request) -> asyncio.Future[Response]:
-        """Produce a request; returns a future that resolves with its (first) response."""
+        """Produce a request; returns a future that resolves with its (first) response.
+
+        Raises ``ClientDeliveryError`` when the producer refuses the request at once; the future
+        fails with it when the broker does not take it. Either way, sending it again is safe.
+        """
         assert self._producer is not None, "start() the client first"
         if request.request_id in self._waiting:
             return self._waiting[request.request_id]
+        self._done.pop(request.request_id, None)  # asked again: its new answer is not a duplicate
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiting[request.request_id] = fut
-        delivery = await self._producer.send(self.requests_topic, request.to_json(), key=request.tenant.encode())
+        try:
+            delivery = await self._producer.send(self.requests_topic, request.to_json(), key=request.tenant.encode())
+        except Exception as exc:
+            if self._waiting.get(request.request_id) is fut:
+                del self._waiting[request.request_id]
+            error = ClientDeliveryError(f"request {request.request_id} was not sent: {exc!r}")
+            if not fut.done():  # a concurrent submit of the same id may wait on it
+                fut.set_exception(error)
+                fut.exception()  # retrieved: nobody else need await it
+            raise error from exc
 
         def delivered(d: asyncio.Future[Any]) -> None:
             # a request the broker never took will never be answered: fail its waiter now, not at its timeout
@@ -233,14 +253,21 @@ class AifleetClient:
         return Request(tenant=tenant, messages=[Message(role="user", content=prompt)], **fields)
 
     async def stream(self, request: Request, *, timeout: float = 60.0) -> AsyncIterator[StreamChunk | Response]:
-        """Yield a streamed request's chunks in order, then its closing Response."""
+        """Yield a streamed request's chunks in order, then its closing Response.
+
+        Raises ``ClientDeliveryError`` when the request was not delivered and ``ClientTimeout``
+        when nothing arrives for ``timeout`` seconds.
+        """
         if not request.stream:
             request = request.model_copy(update={"stream": True})
+        rid = request.request_id
         queue: asyncio.Queue[StreamChunk | Response] = asyncio.Queue()
-        self._chunks[request.request_id] = queue
+        self._chunks[rid] = queue
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Response] | None = None
+        getter: asyncio.Task[StreamChunk | Response] | None = None
         try:
-            await self.submit(request)
+            fut = await self.submit(request)
             next_seq = 0
             held: dict[int, StreamChunk] = {}
             response: Response | None = None
@@ -248,15 +275,24 @@ class AifleetClient:
             grace_until = 0.0
             while True:
                 wait = timeout if response is None else max(0.0, grace_until - loop.time())
-                try:
-                    item = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                # the submit future fails when the broker refuses the request; its answer comes through the queue
+                answered = fut.done()
+                watch: set[asyncio.Future[Any]] = {getter} if answered else {getter, fut}
+                await asyncio.wait(watch, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    raise cast(BaseException, fut.exception())
+                if not getter.done():
+                    if not answered and fut.done():
+                        continue  # answered just now: the response is in the queue
                     if response is None:
-                        raise
+                        raise ClientTimeout(f"no stream for {rid} within {timeout}s")
                     for seq in sorted(held):  # the closing chunk never came: give what there is
                         yield held.pop(seq)
                     yield response
                     return
+                item, getter = getter.result(), None
                 if isinstance(item, Response):
                     # chunks and responses are different topics: the closing chunk may still be on its way
                     response, grace_until = item, loop.time() + self.stream_grace_s
@@ -272,7 +308,12 @@ class AifleetClient:
                     yield response
                     return
         finally:
-            self._chunks.pop(request.request_id, None)
+            if getter is not None:
+                getter.cancel()
+            self._chunks.pop(rid, None)
+            if fut is not None and self._waiting.get(rid) is fut:
+                del self._waiting[rid]
+                fut.cancel()  # nobody waits for it any more (a late delivery failure is not raised)
 
 
 class SyncClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -12,20 +13,31 @@ from pydantic import ValidationError
 
 from schemas.base import Event
 from schemas.dead_letter import DeadLetter
-from schemas.request import Request
+from schemas.request import ID_PATTERN, TENANT_PATTERN, TOPIC_PATTERN, Request
 from streams.errors import InvalidJson, InvalidRecord, PayloadTooLarge, SchemaViolation, UnsupportedSchemaVersion
 
 E = TypeVar("E", bound=Event)
 
 
+_PEEKABLE = {
+    "request_id": re.compile(ID_PATTERN),
+    "tenant": re.compile(TENANT_PATTERN),
+    "reply_topic": re.compile(TOPIC_PATTERN),
+}
+
+
 def peek_ids(doc: Any) -> dict[str, str | None]:
-    """request_id, tenant and reply_topic from a parsed but possibly invalid document, when usable."""
+    """request_id, tenant and reply_topic from a parsed but possibly invalid document, when usable.
+
+    A value is usable only when it matches the pattern the request schema gives that field: an
+    error reply never goes to a tenant or topic that a valid request could not have named.
+    """
     if not isinstance(doc, dict):
         return {}
     out: dict[str, str | None] = {}
-    for field, limit in (("request_id", 128), ("tenant", 63), ("reply_topic", 249)):
+    for field, pattern in _PEEKABLE.items():
         value = doc.get(field)
-        out[field] = value if isinstance(value, str) and 0 < len(value) <= limit else None
+        out[field] = value if isinstance(value, str) and pattern.fullmatch(value) else None
     return out
 
 
@@ -42,7 +54,8 @@ def reply_ids(raw: bytes | None) -> dict[str, str | None]:
     return peek_ids(doc)
 
 
-def _first_errors(exc: ValidationError, n: int = 5) -> str:
+def first_errors(exc: ValidationError, n: int = 5) -> str:
+    """The first ``n`` validation errors, each as ``field.path: message``."""
     parts = []
     for err in exc.errors()[:n]:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
@@ -74,7 +87,7 @@ def decode_request(raw: bytes | None, *, max_bytes: int) -> Request:
     try:
         return Request.model_validate(doc)
     except ValidationError as exc:
-        raise SchemaViolation(_first_errors(exc), **ids) from exc
+        raise SchemaViolation(first_errors(exc), **ids) from exc
 
 
 def decode_event(raw: bytes | None, model: type[E]) -> E:
@@ -91,7 +104,7 @@ def decode_event(raw: bytes | None, model: type[E]) -> E:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        raise SchemaViolation(f"not a {model.__name__}: {_first_errors(exc)}", **ids) from exc
+        raise SchemaViolation(f"not a {model.__name__}: {first_errors(exc)}", **ids) from exc
 
 
 def dead_letter(

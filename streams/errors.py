@@ -5,7 +5,9 @@ AifleetError
 │   ├── InvalidJson
 │   ├── SchemaViolation
 │   ├── PayloadTooLarge
-│   └── ForbiddenReplyTopic
+│   ├── ForbiddenReplyTopic
+│   │   └── MissingReplyTopic     a reply topic the broker does not have
+│   └── ProcessingFailed          a handler bug: the record is kept in the DLQ
 ├── ProviderError                 raised by adapters only; nothing provider-specific leaks past dispatch
 │   ├── RateLimited               retryable, honours retry_after_s
 │   ├── ProviderUnavailable       retryable (5xx, connection refused)
@@ -109,6 +111,32 @@ class PayloadTooLarge(InvalidRecord):
 class ForbiddenReplyTopic(InvalidRecord):
     reason = ErrorReason.FORBIDDEN_REPLY_TOPIC
     dlq_reason = DeadLetterReason.FORBIDDEN_REPLY_TOPIC
+
+
+class MissingReplyTopic(ForbiddenReplyTopic):
+    """A reply topic in the tenant's namespace that does not exist (topics are never auto-created)."""
+
+
+class ProcessingFailed(InvalidRecord):
+    """A handler failed on the record (a bug, or a broker error it could not get past)."""
+
+    dlq_reason = DeadLetterReason.PROCESSING_FAILED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        public_message: str,
+        request_id: str | None = None,
+        tenant: str | None = None,
+        reply_topic: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id, tenant=tenant, reply_topic=reply_topic)
+        self.public_message = public_message
+
+    def to_info(self) -> ErrorInfo:
+        """The reply names the failure's type only; the dead letter keeps the whole message."""
+        return ErrorInfo(reason=self.reason, message=self.public_message[:2000], retryable=self.retryable)
 
 
 class ProviderError(AifleetError):

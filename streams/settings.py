@@ -56,7 +56,14 @@ class WorkerSettings(_Section):
     app_id: str = "aifleet"
     max_in_flight: int = Field(default=256, ge=1, description="Requests one dispatch worker holds at once.")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests go to the DLQ.")
-    dlq_max_payload_bytes: int = Field(default=4_194_304, description="Dead letters keep at most this much.")
+    dlq_max_payload_bytes: int = Field(
+        default=700_000,
+        ge=0,
+        description=(
+            "Dead letters keep at most this much of the record (base64, so 4/3 as large on the wire). "
+            "The default keeps a letter under a stock broker's 1 MB record limit (message.max.bytes)."
+        ),
+    )
     commit_interval_s: float = 1.0
     session_timeout_s: float = Field(default=30.0, gt=0, description="A dead worker's partitions move after this.")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)

@@ -15,10 +15,11 @@ from schemas.response import Latency, Response
 from schemas.routed import RoutedRequest
 from streams import metrics
 from streams.cache.stage import CacheStage
-from streams.codec import dead_letter, decode_request
-from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord
+from streams.codec import decode_request
+from streams.errors import AifleetError, ForbiddenReplyTopic, InvalidRecord, MissingReplyTopic
 from streams.observe import observe_outbox
 from streams.publisher import Publisher, publish_all
+from streams.rejects import TopicExists, reject
 from streams.routing.policy import CostAwareRouter
 from streams.routing.quota import QuotaLedger
 from streams.timing import elapsed_ms_since
@@ -55,7 +56,9 @@ class GateStage:
         dlq_max_payload_bytes: int,
         default_tier: Tier,
         cache: CacheStage | None = None,
+        reply_exists: TopicExists | None = None,
     ) -> None:
+        """``reply_exists``: whether the broker has a reply topic (None: every allowed one is taken to exist)."""
         self._topics = topics
         self._router = router
         self._available = available
@@ -66,11 +69,7 @@ class GateStage:
         self._dlq_max = dlq_max_payload_bytes
         self._default_tier = default_tier
         self._cache = cache
-
-    def _reply_topic_for(self, tenant: str | None, requested: str | None) -> str:
-        if tenant and requested and self._topics.reply_allowed(tenant, requested):
-            return requested
-        return self._topics.responses
+        self._reply_exists = reply_exists
 
     async def handle(self, record: Record) -> None:
         """Process one request record."""
@@ -80,6 +79,18 @@ class GateStage:
                 raise ForbiddenReplyTopic(
                     f"reply_topic {request.reply_topic!r} is outside tenant {request.tenant!r}'s namespace "
                     f"({self._topics.responses} or {self._topics.responses}.{request.tenant}[.*])",
+                    request_id=request.request_id,
+                    tenant=request.tenant,
+                )
+            if (
+                request.reply_topic
+                and request.reply_topic != self._topics.responses
+                and self._reply_exists is not None
+                and not await self._reply_exists(request.reply_topic)
+            ):
+                raise MissingReplyTopic(
+                    f"reply_topic {request.reply_topic!r} does not exist; create it before sending requests "
+                    "that name it (topics are not auto-created)",
                     request_id=request.request_id,
                     tenant=request.tenant,
                 )
@@ -94,26 +105,19 @@ class GateStage:
         await self._admit(request, record.partition)
 
     async def _reject(self, record: Record, exc: InvalidRecord) -> None:
-        letter = dead_letter(
+        metrics.record_request("gate", exc.reason.value)
+        await reject(
+            self._pub,
+            self._topics,
             exc,
             record.value,
-            topic=record.topic,
+            source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             max_payload=self._dlq_max,
+            requested_reply=None if isinstance(exc, ForbiddenReplyTopic) else exc.reply_topic,
+            exists=self._reply_exists,
         )
-        metrics.record_request("gate", exc.reason.value)
-        items: list = [(self._topics.dlq, letter, exc.request_id)]
-        if exc.request_id:
-            reply = self._reply_topic_for(exc.tenant, None if isinstance(exc, ForbiddenReplyTopic) else exc.reply_topic)
-            items.append(
-                (
-                    reply,
-                    Response(request_id=exc.request_id, tenant=exc.tenant, status="error", error=exc.to_info()),
-                    exc.request_id,
-                )
-            )
-        await publish_all(self._pub, items)
 
     async def _admit(self, request: Request, partition: int) -> None:
         reply = request.reply_topic or self._topics.responses

@@ -100,7 +100,10 @@ class CacheStage:
             created_at=request.created_at,
         )
         now = utc_now()
-        lead_until = max(request.deadline, now) + timedelta(seconds=self._settings.pending_grace_s)
+        # a leader's claim lapses after its deadline (never later than now + deadline_ms, whatever the
+        # producer's clock says) plus the grace: then an identical request takes over the lead
+        latest = now + timedelta(milliseconds=request.deadline_ms)
+        lead_until = min(max(request.deadline, now), latest) + timedelta(seconds=self._settings.pending_grace_s)
         key = keys.key
         vector: list[float] | None = None
         semantic = False

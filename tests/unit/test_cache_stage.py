@@ -153,3 +153,20 @@ async def test_semantic_hit_for_a_paraphrase_only_when_allowed() -> None:
         req("d", "bake bread", allow_semantic_cache=True), tier="enterprise", reply_topic=TOPICS.responses, partition=0
     )
     assert not unrelated.answered
+
+
+async def test_a_leaders_claim_never_outlives_now_plus_its_deadline_and_grace() -> None:
+    from datetime import timedelta
+
+    from schemas.base import utc_now
+    from streams.cache.store import parse_entry
+
+    s, _, table = stage()
+    before = utc_now()
+    ahead = req("a").model_copy(update={"created_at": before + timedelta(days=3650)})  # not revalidated
+    lead = await s.admit(ahead, tier="enterprise", reply_topic=TOPICS.responses, partition=0)
+    assert lead.ticket is not None
+    entry = parse_entry(table[lead.ticket.key])
+    assert entry is not None and entry.stale_at is not None
+    grace = timedelta(seconds=CacheSettings().pending_grace_s)
+    assert entry.stale_at <= utc_now() + timedelta(milliseconds=ahead.deadline_ms) + grace

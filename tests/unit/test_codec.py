@@ -81,3 +81,16 @@ def test_decode_event_types_what_is_wrong_with_an_internal_record() -> None:
         decode_event(orjson.dumps({"event_id": "x:1", "request_id": "x", "tenant": "acme"}), UsageEvent)
     assert (caught.value.request_id, caught.value.tenant) == ("x", "acme")
     assert caught.value.dlq_reason is DeadLetterReason.SCHEMA_VIOLATION
+
+
+def test_a_dead_letter_with_the_default_cap_fits_a_stock_broker() -> None:
+    from streams.settings import WorkerSettings
+
+    stock_record_limit = 1_048_588  # message.max.bytes of a broker nobody configured
+    raw = b"\x00" * 2 * WorkerSettings().max_request_bytes  # as large as the gate can see (8x is peeked)
+    worst = SchemaViolation("\u20ac" * 4000, request_id="r" * 128, tenant="t" * 63)  # 3 UTF-8 bytes a char
+    letter = dead_letter(
+        worst, raw, topic="t.requests", partition=0, offset=0, max_payload=WorkerSettings().dlq_max_payload_bytes
+    )
+    assert len(letter.to_json()) < stock_record_limit - 1024  # room for the record batch's own overhead
+    assert letter.payload_truncated and letter.payload_size == len(raw)

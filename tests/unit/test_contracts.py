@@ -82,3 +82,35 @@ def test_events_are_frozen() -> None:
     assert resp.usage.total_tokens == 7
     with pytest.raises(ValidationError):
         resp.status = "error"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    ["2025-01-01T00:00:00", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+14:00", "ahead", "old"],
+)
+def test_created_at_must_be_aware_and_near_now(created_at: str) -> None:
+    import orjson
+
+    from schemas.base import utc_now
+    from schemas.request import CREATED_AT_MAX_AGE, CREATED_AT_MAX_AHEAD
+    from streams.codec import decode_request
+    from streams.errors import SchemaViolation
+
+    now = utc_now()
+    shift = {"ahead": CREATED_AT_MAX_AHEAD + timedelta(minutes=1), "old": -CREATED_AT_MAX_AGE - timedelta(hours=1)}
+    value = (now + shift[created_at]).isoformat() if created_at in shift else created_at
+    raw = orjson.dumps(
+        {"request_id": "r", "tenant": "acme", "messages": [{"role": "user", "content": "x"}]} | {"created_at": value}
+    )
+    with pytest.raises(SchemaViolation, match="created_at") as info:
+        decode_request(raw, max_bytes=4096)
+    assert info.value.request_id == "r"
+
+
+def test_created_at_within_the_tolerance_is_kept() -> None:
+    from schemas.base import utc_now
+
+    for shift in (timedelta(minutes=4), timedelta(0), -timedelta(days=6)):
+        when = utc_now() + shift
+        req = Request(request_id="r", tenant="acme", messages=[Message(role="user", content="x")], created_at=when)
+        assert req.created_at == when
