@@ -43,7 +43,13 @@ class Request(Event):
     )
     kind: RequestKind = "chat"
     messages: list[Message] | None = None
-    input: list[str] | None = Field(default=None, description="Texts to embed (kind=embedding).")
+    input: list[str] | None = Field(
+        default=None,
+        max_length=2048,
+        description="Texts to embed (kind=embedding), at most 2048 (OpenAI's limit per request). The answer must "
+        "also fit one broker record: about 8 KB per 384-dim vector, 33 KB per 1536-dim one; an answer the broker "
+        "refuses is a payload_too_large error.",
+    )
     model: str | None = Field(default=None, description="Preferred model, e.g. 'gpt-4o-mini'.")
     quality_floor: float | None = Field(default=None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)

@@ -375,16 +375,25 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(app, topics.infer, settings), name="infer")
     async def infer_agent(stream: Any) -> None:
         """Micro-batches of local embedding requests; acked once their answers are on the broker."""
-        async for events in stream.take_events(settings.infer.max_batch, within=settings.infer.max_wait_ms / 1000):
-            batch = []
+        # faust reads within=0 as "no time limit" (wait for a full batch): 0 ms here means "do not wait"
+        within = max(settings.infer.max_wait_ms, 0.01) / 1000
+        async for events in stream.take_events(settings.infer.max_batch, within=within):
+            batch, sources = [], []
             for e in events:
                 routed = await read_routed(
                     e, publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
                 )
                 if routed is not None:
                     batch.append(routed)
-            if batch:
+                    sources.append(e)
+            if not batch:
+                continue
+            try:
                 await infer.handle_batch(batch)
+            except Exception as exc:  # nothing is lost and the agent lives: each record is dead-lettered
+                log.exception("infer batch of %d failed", len(batch))
+                for e in sources:
+                    await dead_letter_crash(e, exc)
 
     @app.agent(raw_topic(app, topics.usage, settings), name="settle")
     async def settle_agent(stream: Any) -> None:

@@ -70,6 +70,7 @@ def test_request_round_trip_and_deadline() -> None:
         {"request_id": "r", "tenant": "acme", "messages": [{"role": "wizard", "content": "x"}]},
         {"request_id": "r", "tenant": "acme", "messages": [{"role": "user", "content": "x"}], "surprise": 1},
         {"request_id": "r", "tenant": "acme", "messages": [{"role": "user", "content": "x"}], "temperature": 9},
+        {"request_id": "r", "tenant": "acme", "kind": "embedding", "input": ["x"] * 2049},  # past OpenAI's 2048
     ],
 )
 def test_invalid_requests_are_rejected(fields: dict) -> None:
