@@ -74,6 +74,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
     publisher = FaustPublisher(app)
     sink = UsageSink(settings.clickhouse, home=settings.home)
     window = UsageWindow(timedelta(seconds=a.alert_window_s))
+    health_known = asyncio.Event()  # set once the health feed has replayed its look-back
     loop = AlertLoop(
         AlertEngine(alert_rules(settings)),
         window,
@@ -82,6 +83,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
         source=alert_source(settings),
         budget_every_s=a.alert_budget_every_s,
         database=settings.clickhouse.database,
+        health_ready=health_known.is_set,
     )
     store_ready = asyncio.Event()  # set once the migrations are applied: the usage sink writes after that
     unstored: list[Alert] = []  # transitions the alerts table has not taken yet: retried with the next ones
@@ -151,6 +153,7 @@ def build_analytics_app(settings: Settings) -> faust.App:
             topic=topics.health,
             lookback_s=a.alert_window_s + settings.resilience.breaker_recovery_s,
             kafka_options=aiokafka_options(settings),
+            caught_up=health_known.set,
         )
 
     @app.timer(interval=a.alert_every_s)

@@ -82,10 +82,12 @@ async def follow_health(
     topic: str,
     lookback_s: float,
     kafka_options: Mapping[str, Any] | None = None,
+    caught_up: Callable[[], None] | None = None,
 ) -> None:
     """Hand every health event on ``topic`` (from ``lookback_s`` ago on) to ``apply``, forever.
 
     No consumer group: every process that follows the feed sees every event, whichever worker published it.
+    ``caught_up`` is called once, when the look-back has been replayed up to the ends the feed found at start.
     """
     consumer = AIOKafkaConsumer(
         topic,
@@ -104,12 +106,17 @@ async def follow_health(
         # resolve past it)
         ends = await consumer.end_offsets(tps)
         offsets = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        position: dict[TopicPartition, int] = {}
         for tp in tps:
             found = offsets.get(tp)
-            consumer.seek(tp, found.offset if found is not None else ends[tp])
+            position[tp] = found.offset if found is not None else ends[tp]
+            consumer.seek(tp, position[tp])
+        behind = caught_up is not None
         while True:
             batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
+            for tp, records in batches.items():
+                if records:
+                    position[tp] = records[-1].offset + 1
                 for record in records:
                     try:
                         event = ProviderHealth.from_json(record.value)
@@ -117,6 +124,10 @@ async def follow_health(
                         log.warning("ignoring a malformed health event at offset %s", record.offset)
                         continue
                     apply(event)
+            if behind and all(position[tp] >= ends[tp] for tp in tps):
+                behind = False
+                assert caught_up is not None
+                caught_up()
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()

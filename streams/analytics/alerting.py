@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal, TypeVar
@@ -76,6 +77,8 @@ class AlertLoop:
         budget_every_s: float = 60.0,
         database: str = "aifleet",
         monotonic: Callable[[], float] = time.monotonic,
+        health_ready: Callable[[], bool] = lambda: True,
+        health_wait_s: float = 30.0,
     ) -> None:
         self.engine = engine
         self.window = window
@@ -87,6 +90,9 @@ class AlertLoop:
         self._monotonic = monotonic
         self._reader: Reader | None = None
         self._resumed = False
+        self._resumed_at = 0.0
+        self._health_ready = health_ready
+        self.health_wait_s = health_wait_s
         self._spend: dict[str, float] = {}
         self._budgets: dict[str, float] = {}
         self._budgets_read_at: float | None = None
@@ -106,13 +112,21 @@ class AlertLoop:
             last = await self._read(lambda r: latest_alerts(r, SINCE_EVER, database=self.database))
             restored = self.engine.restore(last)
             self._resumed = True
+            self._resumed_at = self._monotonic()
             log.info("alerting resumed from the store: %d firing or cooling-down alerts", restored)
+        if not self._health_ready() and self._monotonic() - self._resumed_at < self.health_wait_s:
+            # the circuits are not known yet (the health feed is replaying its look-back): judging now
+            # would resolve every provider_unhealthy alert just resumed
+            return []
         await self._refresh_budgets()
         return self.engine.evaluate(await self._snapshot())
 
     async def _snapshot(self) -> Snapshot:
         if self.source == "stream":
-            return self.window.snapshot(spend_usd=self._spend, budgets_usd=self._budgets)
+            # a resumed evaluator's window starts empty: for one window, too few calls resolve nothing
+            warming = self._monotonic() - self._resumed_at < self.window.window.total_seconds()
+            snapshot = self.window.snapshot(spend_usd=self._spend, budgets_usd=self._budgets)
+            return replace(snapshot, warming=warming)
         now = self.engine.clock()
         unhealthy = self.window.unhealthy()
         return await self._read(

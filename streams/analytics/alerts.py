@@ -91,6 +91,9 @@ class Snapshot:
     unhealthy: Mapping[str, str] = field(default_factory=dict)  # provider -> reason
     spend_usd: Mapping[str, float] = field(default_factory=dict)  # tenant -> spend this budget period
     budgets_usd: Mapping[str, float] = field(default_factory=dict)  # tenant -> budget
+    warming: bool = False
+    """The window has not yet watched a whole window's worth of traffic (an evaluator just resumed from the
+    stream): too few calls is no evidence of recovery for any provider with an active rate alert."""
 
 
 @dataclass(frozen=True)
@@ -173,14 +176,19 @@ def conditions(snapshot: Snapshot, rules: AlertRules) -> list[Condition]:
     return out
 
 
-def undetermined(snapshot: Snapshot, rules: AlertRules) -> set[tuple[str, str]]:
+def undetermined(snapshot: Snapshot, rules: AlertRules, held: Iterable[tuple[str, str]] = ()) -> set[tuple[str, str]]:
     """(rule, provider) rate checks that cannot be judged now and must keep their last verdict.
 
     A provider whose circuit is open gets no calls but its half-open probes, so its window soon
-    holds fewer than ``min_requests``: too few to judge, and not evidence of recovery either.
+    holds fewer than ``min_requests``: too few to judge, and not evidence of recovery either. The
+    same holds, while the snapshot is ``warming``, for every provider with a ``held`` rate alert: a
+    restarted evaluator's window starts empty.
     """
     out: set[tuple[str, str]] = set()
-    for name in snapshot.unhealthy:
+    names = set(snapshot.unhealthy)
+    if snapshot.warming:
+        names |= {subject for rule, subject in held if rule in RATE_RULES}
+    for name in names:
         stats = snapshot.providers.get(name)
         if stats is None or stats.requests < rules.min_requests:
             out.update((rule, name) for rule in RATE_RULES)
@@ -232,7 +240,7 @@ class AlertEngine:
         now = self.clock()
         emitted: list[Alert] = []
         active = {(c.rule, c.subject): c for c in conditions(snapshot, self.rules)}
-        for key in undetermined(snapshot, self.rules):
+        for key in undetermined(snapshot, self.rules, self._states):
             held = self._states.get(key)
             if key not in active and held is not None and held.condition is not None:
                 active[key] = held.condition  # too few calls to judge while the circuit is open

@@ -31,9 +31,18 @@ async def test_followers_hear_every_transition_including_recent_ones(kafka_boots
         await producer.send_and_wait(topic, earlier.to_json(), key=b"anthropic")
 
         heard: list[ProviderHealth] = []
+        caught_up: list[int] = []  # how many events had been heard when the feed said it had caught up
         board = BreakerBoard(worker="w2")
         followers = [
-            asyncio.create_task(follow_health(heard.append, bootstrap=kafka_bootstrap, topic=topic, lookback_s=60)),
+            asyncio.create_task(
+                follow_health(
+                    heard.append,
+                    bootstrap=kafka_bootstrap,
+                    topic=topic,
+                    lookback_s=60,
+                    caught_up=lambda: caught_up.append(len(heard)),
+                )
+            ),
             asyncio.create_task(
                 follow_health(apply_to_board(board), bootstrap=kafka_bootstrap, topic=topic, lookback_s=60)
             ),
@@ -42,6 +51,7 @@ async def test_followers_hear_every_transition_including_recent_ones(kafka_boots
             await eventually(
                 lambda: [h.provider for h in heard] == ["anthropic"], HEARD_WITHIN_S
             )  # from before the start
+            await eventually(lambda: caught_up == [1], HEARD_WITHIN_S)  # once, after the look-back's event
             await eventually(
                 lambda: board.states().get("anthropic") == "open", HEARD_WITHIN_S
             )  # the other follower, independently

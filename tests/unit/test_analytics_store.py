@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from schemas.alert import Alert
+from schemas.health import ProviderHealth
 from schemas.usage import UsageEvent
 from streams.analytics.alerting import AlertLoop, budget_inputs
 from streams.analytics.alerts import AlertEngine, AlertRules, Escalation, UsageWindow, conditions, snapshot_from_store
@@ -408,6 +409,60 @@ def test_alerting_resumes_from_the_alerts_table_and_judges_budgets_and_rates_fro
         ("tenant_budget:thrifty", "critical", "firing"),
         ("tenant_budget:thrifty", "critical", "resolved"),
     ]
+
+
+def test_a_resumed_stream_evaluator_waits_for_the_circuits_and_a_whole_window_before_resolving(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    """What a restarted analytics process did: its window starts empty and its health feed is still
+    replaying, so its first evaluation resolved every rate and circuit alert it had just resumed."""
+    settings, client = store
+    sink = UsageSink(settings, client=client)
+    rules = AlertRules(min_requests=5, escalation=Escalation(warn_after=timedelta(0), critical_after=timedelta(0)))
+    clock = StepClock(NOW)
+    health = {"known": False}
+
+    def process(window: UsageWindow) -> AlertLoop:
+        return AlertLoop(
+            AlertEngine(rules, clock=clock),
+            window,
+            open_reader=lambda: ClientReader(client, owns_client=False),
+            catalog=Catalog(providers={}),
+            source="stream",
+            database=settings.database,
+            monotonic=clock.monotonic,
+            health_ready=lambda: health["known"],
+        )
+
+    def step(loop: AlertLoop) -> list[tuple[str, str]]:
+        alerts = asyncio.run(loop.step(leader=True))
+        sink.write_alerts_sync(alerts)
+        return sorted((a.alert_id, a.status) for a in alerts)
+
+    first_window = UsageWindow(timedelta(minutes=5), clock=clock)
+    first_window.add_all(spend_events("failing", "acme", 10, 0.0, status="error"))
+    first_window.add_health(ProviderHealth(provider="openai", state="open", reason="5 failures", ts=NOW))
+    health["known"] = True
+    assert step(process(first_window)) == [
+        ("provider_error_rate:openai", "firing"),
+        ("provider_unhealthy:openai", "firing"),
+    ]
+
+    # the restart: an empty window, the circuit not heard of yet
+    clock.advance(seconds=10)
+    health["known"] = False
+    window = UsageWindow(timedelta(minutes=5), clock=clock)
+    second = process(window)
+    assert step(second) == []  # not judged before the health feed has replayed its look-back
+    window.add_health(ProviderHealth(provider="openai", state="open", reason="5 failures", ts=NOW))
+    health["known"] = True
+    clock.advance(seconds=10)
+    assert step(second) == []  # circuit still open; the empty window is no evidence of recovery
+    window.add_health(ProviderHealth(provider="openai", state="closed", reason="probe ok", ts=clock.now))
+    clock.advance(seconds=10)
+    assert step(second) == [("provider_unhealthy:openai", "resolved")]  # the error rate waits for a window
+    clock.advance(minutes=5)
+    assert step(second) == [("provider_error_rate:openai", "resolved")]  # a whole window without failures
 
 
 def test_budget_inputs_use_the_tenants_own_budget_else_its_tiers() -> None:
