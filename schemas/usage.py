@@ -42,4 +42,10 @@ class UsageEvent(Event):
     route_reason: str | None = None
     region: str | None = None
     worker: str | None = None
+    prompt: str | None = Field(
+        default=None,
+        description="The request's prompt (its messages, or its texts to embed), on the first attempt's event only, "
+        "and only when the operator set clickhouse.store_prompts; the analytics sink stores it in the prompts "
+        "table (never in usage_events).",
+    )
     ts: datetime = Field(default_factory=utc_now)

@@ -337,7 +337,10 @@ def build_app(settings: Settings) -> faust.App:
         cache=cache,
         reply_exists=reply_topics.exists,
     )
-    dispatch = DispatchStage(topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid)
+    store_prompts = settings.clickhouse.store_prompts  # prompts travel on usage events only when an operator opts in
+    dispatch = DispatchStage(
+        topics=topics, router=router, caller=caller, publisher=publisher, worker_id=wid, store_prompts=store_prompts
+    )
 
     for name in topics.all():
         raw_topic(app, name, settings)  # declared at start-up with the configured partition count
@@ -369,7 +372,12 @@ def build_app(settings: Settings) -> faust.App:
         await process_windowed(stream, handle, max_in_flight=settings.worker.max_in_flight, on_crash=dead_letter_crash)
 
     infer = InferStage(
-        topics=topics, embedder=shared_embedder, publisher=publisher, fallback=dispatch.handle, worker_id=wid
+        topics=topics,
+        embedder=shared_embedder,
+        publisher=publisher,
+        fallback=dispatch.handle,
+        worker_id=wid,
+        store_prompts=store_prompts,
     )
 
     @app.agent(raw_topic(app, topics.infer, settings), name="infer")

@@ -33,6 +33,13 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 
+def prompt_of(request: Request) -> str:
+    """A request's prompt as the prompts table keeps it: one 'role: content' line per message, or its texts."""
+    if request.kind == "embedding":
+        return "\n".join(request.input or [])
+    return "\n".join(f"{m.role}: {m.content}" for m in request.messages or [])
+
+
 def chain_of(routed: RoutedRequest) -> list[tuple[str, str]]:
     """The route's provider first, then its fallbacks ("provider:model"), minus excluded providers."""
     chain = [(routed.route.provider, routed.route.model)]
@@ -67,12 +74,14 @@ class DispatchStage:
         caller: ResilientCaller,
         publisher: Publisher,
         worker_id: str,
+        store_prompts: bool = False,
     ) -> None:
         self._topics = topics
         self._router = router
         self._caller = caller
         self._pub = publisher
         self._worker = worker_id
+        self._store_prompts = store_prompts
 
     async def handle(self, routed: RoutedRequest) -> None:
         """Serve one routed request to its single terminal response."""
@@ -259,6 +268,7 @@ class DispatchStage:
                         route_reason=run.routed.route.reason,
                         region=request.region,
                         worker=self._worker,
+                        prompt=prompt_of(request) if self._store_prompts and n == 1 else None,
                     ),
                     request.tenant,
                 )

@@ -17,7 +17,7 @@ from models.embedder import Embedder
 from schemas.response import Latency, Response, TokenUsage
 from schemas.routed import RoutedRequest
 from schemas.usage import UsageEvent
-from streams.agents.dispatch import publish_fill
+from streams.agents.dispatch import prompt_of, publish_fill
 from streams.errors import PayloadTooLarge
 from streams.observe import observe_outbox
 from streams.publisher import Outbox, Publisher, publish_all
@@ -38,12 +38,14 @@ class InferStage:
         publisher: Publisher,
         fallback: Callable[[RoutedRequest], Awaitable[None]],
         worker_id: str,
+        store_prompts: bool = False,
     ) -> None:
         self._topics = topics
         self._embedder = embedder
         self._pub = publisher
         self._fallback = fallback
         self._worker = worker_id
+        self._store_prompts = store_prompts
 
     async def handle_batch(self, batch: Sequence[RoutedRequest]) -> None:
         """Embed all texts of ``batch`` at once and answer every request in it."""
@@ -84,6 +86,7 @@ class InferStage:
                             route_reason=routed.route.reason,
                             region=req.region,
                             worker=self._worker,
+                            prompt=prompt_of(req) if self._store_prompts else None,
                         ),
                         req.tenant,
                     ),

@@ -167,7 +167,8 @@ class UsageSink:
     async def write(self, events: list[UsageEvent], prompts: Mapping[str, str] | None = None) -> None:
         """Store one batch; returns once it is durable. Idempotent: replays are dropped.
 
-        ``prompts`` (request_id -> text) are stored only when ``settings.store_prompts`` is true.
+        Prompts (the ``prompt`` the workers put on an event when ``store_prompts`` is set, and ``prompts``:
+        request_id -> text) are stored in the prompts table only when ``settings.store_prompts`` is true.
         Raises ``AnalyticsUnavailable`` (or its subclass ``AnalyticsBackpressure``) when the store
         cannot take the batch: do not commit offsets, retry the batch.
         """
@@ -208,8 +209,11 @@ class UsageSink:
                         column_names=USAGE_COLUMNS,
                         column_oriented=True,
                     )
-                if prompts and self.settings.store_prompts:
-                    self._insert_prompts(client, fresh, prompts)
+                if self.settings.store_prompts:
+                    # every event of the batch, not only the fresh ones: a retry after the usage insert went
+                    # through must still store them (the prompts table replaces rows by request id)
+                    carried = {e.request_id: e.prompt for e in unique.values() if e.prompt is not None}
+                    self._insert_prompts(client, list(unique.values()), {**carried, **(prompts or {})})
             except Exception as exc:
                 self._drop_client()
                 raise translate_error(exc, f"usage insert of {len(unique)} events failed") from exc
@@ -232,8 +236,8 @@ class UsageSink:
             stored.update(row[0] for row in result.result_rows)
         return [e for k, e in unique.items() if k not in stored]
 
-    def _insert_prompts(self, client: Any, fresh: list[UsageEvent], prompts: Mapping[str, str]) -> None:
-        by_request = {e.request_id: e for e in fresh}
+    def _insert_prompts(self, client: Any, events: list[UsageEvent], prompts: Mapping[str, str]) -> None:
+        by_request = {e.request_id: e for e in events}
         rows = [
             [rid, by_request[rid].tenant, text, _utc(by_request[rid].ts)]
             for rid, text in prompts.items()

@@ -235,6 +235,24 @@ def test_prompts_only_stored_when_enabled(store: tuple[ClickHouseSettings, Any])
     ]
 
 
+def test_prompts_the_workers_put_on_usage_events_are_stored_once_only_when_enabled(
+    store: tuple[ClickHouseSettings, Any],
+) -> None:
+    """The path the pipeline takes (before, nothing ever handed the sink a prompt: the setting did nothing)."""
+    settings, client = store
+    db = settings.database
+    events = [e.model_copy(update={"prompt": f"user: question {i}"}) for i, e in enumerate(make_events(3, prefix="p"))]
+    UsageSink(settings, client=client).write_sync(events)
+    assert scalar(client, f"SELECT count() FROM {db}.prompts") == 0  # off by default
+    opted_in = UsageSink(settings.model_copy(update={"store_prompts": True}), client=client)
+    opted_in.write_sync(events[:2])
+    opted_in.write_sync(events)  # a replay with one more: every prompt once, the replayed ones included
+    rows = client.query(f"SELECT request_id, prompt FROM {db}.prompts FINAL ORDER BY request_id").result_rows
+    assert [tuple(r) for r in rows] == [(e.request_id, e.prompt) for e in sorted(events, key=lambda e: e.request_id)]
+    stored = client.query(f"SELECT * FROM {db}.usage_events FINAL LIMIT 1").column_names
+    assert "prompt" not in stored  # never in the usage table
+
+
 def test_alerts_table_is_idempotent(store: tuple[ClickHouseSettings, Any]) -> None:
     settings, client = store
     alert = Alert(

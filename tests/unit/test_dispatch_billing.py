@@ -1,4 +1,5 @@
-"""Dispatch: a request that ends without any provider call still settles its budget reservation."""
+"""Dispatch billing: a request that ends without any call still settles its reservation; prompts ride only
+when enabled."""
 
 from __future__ import annotations
 
@@ -79,3 +80,45 @@ def test_a_request_refused_before_any_call_releases_its_reservation() -> None:
     assert events[0].error_reason is not None and events[0].error_reason.value == "rate_limited"
     standing = ledger.usage("acme", now)
     assert (standing.spent_usd, standing.outstanding_usd, standing.requests_today) == (0, 0, 20)
+
+
+class AnsweringCaller:
+    """Fails the first provider, then answers: two calls, two usage events."""
+
+    async def complete(self, request: Request, chain: list[tuple[str, str]], deadline: Any) -> CallResult[Any]:
+        from schemas.response import TokenUsage
+        from streams.errors import ProviderUnavailable
+        from streams.providers.base import Completion
+
+        (p1, m1), (p2, m2) = chain[0], chain[1]
+        attempts = [
+            Attempt(p1, m1, "error", 0.1, error=ProviderUnavailable("down", provider=p1)),
+            Attempt(p2, m2, "ok", 0.2, usage=TokenUsage(input_tokens=5, output_tokens=2)),
+        ]
+        return CallResult(
+            Completion(text="hi", model=m2, usage=TokenUsage(input_tokens=5, output_tokens=2)), None, attempts
+        )
+
+
+def test_the_prompt_rides_on_the_first_attempts_usage_event_only_when_enabled() -> None:
+    catalog = load_catalog(DEFAULT_CONFIG_FILE)
+    router = CostAwareRouter(catalog)
+    request = Request(request_id="p1", tenant="acme", messages=[Message(role="user", content="what is kafka?")])
+    plan = router.plan(request, tier="pro")
+    assert plan.route.fallback, "the test needs a fallback to make two attempts"
+
+    def usage_of(store_prompts: bool) -> list[UsageEvent]:
+        publisher = RecordingPublisher()
+        stage = DispatchStage(
+            topics=TOPICS,
+            router=router,
+            caller=AnsweringCaller(),  # type: ignore[arg-type]
+            publisher=publisher,  # type: ignore[arg-type]
+            worker_id="w",
+            store_prompts=store_prompts,
+        )
+        asyncio.run(stage.handle(RoutedRequest(request=request, route=plan.route, tier="pro", reply_topic="t.r")))
+        return [e for topic, e in publisher.sent if topic == TOPICS.usage]
+
+    assert [e.prompt for e in usage_of(False)] == [None, None]
+    assert [e.prompt for e in usage_of(True)] == ["user: what is kafka?", None]
