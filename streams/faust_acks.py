@@ -29,7 +29,8 @@ The repairs: for the topics ``register``-ed by ``process_windowed`` a commit onl
 contiguous run of acked offsets starting exactly at the known committed offset (nothing is
 committed while that offset is unknown, and gaps are never filled); ``perform_seek`` records the
 committed offset of every partition (the log start where the group has none, as
-``auto_offset_reset=earliest`` reads from there) and seeks every partition to it, which also puts
+``auto_offset_reset=earliest`` reads from there, or where retention deleted past it) and seeks every
+partition to it, which also puts
 back anything ``getmany`` discarded; a revoke commits before it forgets; and resuming a running flow
 keeps the buffers. An ack is a fact (the handler finished), so acks from an earlier assignment are
 kept: they can only complete a contiguous run, never skip a record.
@@ -108,13 +109,17 @@ def apply() -> None:
         known = {tp: off for tp, off in committed.items() if off is not None and off >= 0}
         # Stream partitions only: table changelogs are read (standbys) from where recovery put them.
         streams = [tp for tp in committed if not self._is_changelog_tp(tp)]
-        unknown = [tp for tp in streams if tp not in known]
-        if unknown and self.app.conf.consumer_auto_offset_reset == "earliest":
-            earliest = await self.earliest_offsets(*unknown)
-            known.update({fc.ensure_TP(tp): off for tp, off in earliest.items() if off is not None and off >= 0})
+        starts = await self.earliest_offsets(*streams) if streams else {}
+        earliest = {fc.ensure_TP(tp): off for tp, off in starts.items() if off is not None and off >= 0}
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            known.update({tp: earliest[tp] for tp in streams if tp not in known and tp in earliest})
+        # Retention deleted records the group had not committed past (a long stop): no record will ever
+        # be acked below the log start, so a commit held at the old offset would never move again.
+        behind = {tp: earliest[tp] for tp in streams if tp in known and tp in earliest and known[tp] < earliest[tp]}
+        known.update(behind)
         # aiokafka's seek_to_committed leaves a partition whose committed offset is 0 or missing where
         # its fetch position is, which may be past records getmany discarded: seek those too.
-        unsought = {tp: known[tp] for tp in streams if tp in known and not committed[tp]}
+        unsought = {tp: known[tp] for tp in streams if tp in known and (not committed[tp] or tp in behind)}
         if unsought:
             await self.seek_wait(unsought)
         self._read_offset.update({tp: known.get(tp) for tp in committed})

@@ -72,7 +72,7 @@ class FakeConsumer:
         return dict(self.broker_committed)
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
-        return {tp: self.broker_earliest[tp] for tp in tps}
+        return {tp: self.broker_earliest.get(tp, 0) for tp in tps}
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         self.sought.update(partitions)
@@ -176,6 +176,16 @@ def test_perform_seek_uses_the_log_start_where_the_group_never_committed() -> No
     asyncio.run(Consumer.perform_seek(c))  # type: ignore[arg-type]
     assert c._committed_offset[tp] == 1200
     assert c.sought == {tp: 1200}
+
+
+def test_perform_seek_moves_a_commit_that_retention_left_behind_the_log_start() -> None:
+    tp, fine = TP(STRICT, 0), TP(STRICT, 1)
+    c = FakeConsumer(committed={tp: 100, fine: 700}, earliest={tp: 500, fine: 600})
+    asyncio.run(Consumer.perform_seek(c))  # type: ignore[arg-type]
+    assert c._committed_offset == {tp: 500, fine: 700}
+    assert c.sought[tp] == 500
+    c.acked(tp, 500, 501)
+    assert new_offset(c, tp) == 502  # no record below 500 will ever be acked: the commit can move
 
 
 def test_perform_seek_leaves_table_changelogs_where_recovery_put_them() -> None:
