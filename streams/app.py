@@ -348,6 +348,9 @@ def build_app(settings: Settings) -> faust.App:
     dead_letter_crash = crash_handler(
         publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=reply_topics.exists
     )
+    dead_letter_quietly = crash_handler(  # for usage events and cache records: dead-lettered, never answered
+        publisher, topics, max_payload=settings.worker.dlq_max_payload_bytes, exists=None, answer=False
+    )
 
     @app.agent(raw_topic(app, topics.requests, settings), name="gate")
     async def gate_agent(stream: Any) -> None:
@@ -412,8 +415,9 @@ def build_app(settings: Settings) -> faust.App:
             if usage is not None:
                 ledger.settle_usage(usage)
 
-        # one at a time, in order; acked and committed by the same rules as the request path
-        await process_windowed(stream, handle, max_in_flight=1)
+        # one at a time, in order; acked and committed by the same rules as the request path; a record that
+        # fails is dead-lettered (not answered: its request was) so the partition's commit moves on
+        await process_windowed(stream, handle, max_in_flight=1, on_crash=dead_letter_quietly)
 
     if cache is not None:
 
@@ -428,7 +432,7 @@ def build_app(settings: Settings) -> faust.App:
             async def handle(event: Any) -> None:
                 await cache.handle(event.value, partition=event.message.partition)
 
-            await process_windowed(stream, handle, max_in_flight=1)
+            await process_windowed(stream, handle, max_in_flight=1, on_crash=dead_letter_quietly)
 
         @app.timer(interval=settings.cache.sweep_every_s)
         async def sweep_cache() -> None:

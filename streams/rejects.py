@@ -162,8 +162,9 @@ async def reject(
     max_payload: int,
     requested_reply: str | None,
     exists: TopicExists | None,
+    answer: bool = True,
 ) -> None:
-    """Dead-letter a record, then answer it with ``exc`` when its request id is readable.
+    """Dead-letter a record, then answer it with ``exc`` when its request id is readable (and ``answer``).
 
     Raises only when the dead letter could not be written (the record then stays unacked). Once
     the letter is written, a reply that cannot be sent anywhere is logged: the record is in the DLQ.
@@ -172,7 +173,7 @@ async def reject(
         publisher, topics.dlq, exc, raw, source_topic=source_topic, partition=partition, offset=offset,
         max_payload=max_payload,
     )  # fmt: skip
-    if not exc.request_id:
+    if not (answer and exc.request_id):
         return
     response = Response(request_id=exc.request_id, tenant=exc.tenant, status="error", error=exc.to_info())
     try:
@@ -217,16 +218,20 @@ async def read_routed(
 
 
 def crash_handler(
-    publisher: Publisher, topics: Topics, *, max_payload: int, exists: TopicExists | None
+    publisher: Publisher, topics: Topics, *, max_payload: int, exists: TopicExists | None, answer: bool = True
 ) -> Callable[[Any, BaseException], Awaitable[None]]:
-    """``process_windowed``'s ``on_crash``: dead-letter the event's record, and answer it if its id is readable."""
+    """``process_windowed``'s ``on_crash``: dead-letter the event's record, and answer it if its id is readable.
+
+    ``answer=False`` for records that are not requests (usage events, cache fills): their request was
+    answered already, so a failure to handle them must not send the client an error.
+    """
 
     async def dead_letter_crash(event: Any, exc: BaseException) -> None:
         err = processing_failed(event.value, exc)
         m = event.message
         await reject(
             publisher, topics, err, event.value, source_topic=m.topic, partition=m.partition, offset=m.offset,
-            max_payload=max_payload, requested_reply=err.reply_topic, exists=exists,
+            max_payload=max_payload, requested_reply=err.reply_topic, exists=exists, answer=answer,
         )  # fmt: skip
 
     return dead_letter_crash

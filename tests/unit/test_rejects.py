@@ -180,6 +180,25 @@ async def test_crash_handler_acks_once_the_letter_is_written_whatever_the_reply_
     assert reply.error.message == "processing failed: KeyError"  # the reply names the type only
 
 
+async def test_a_usage_or_cache_record_that_fails_is_dead_lettered_acked_and_not_answered() -> None:
+    """The settle and cache agents: a record that fails no longer freezes its partition's commit, and the
+    client, answered already, gets no error for it."""
+    pub = Broker()
+    usage = orjson.dumps({"event_id": "r1:1", "request_id": "r1", "tenant": "acme", "provider": "p", "model": "m"})
+    events = [Ev(usage), Ev(b"{}")]
+
+    async def handler(event: Any) -> None:
+        if event is events[0]:
+            raise KeyError("boom")
+
+    on_crash = crash_handler(pub, TOPICS, max_payload=700_000, exists=None, answer=False)
+    await process_windowed(Stream(events), handler, max_in_flight=1, on_crash=on_crash)
+    assert all(e.acked for e in events)
+    [letter] = pub.on("p.dlq")
+    assert isinstance(letter, DeadLetter) and letter.request_id == "r1"
+    assert pub.on("p.responses") == []
+
+
 async def test_a_record_whose_letter_cannot_be_written_stays_unacked() -> None:
     pub = Broker(existing=set())  # not even the DLQ
 
