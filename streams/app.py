@@ -413,7 +413,7 @@ def build_app(settings: Settings) -> faust.App:
         async def handle(event: Any) -> None:
             usage = _usage_or_none(event.value)
             if usage is not None:
-                ledger.settle_usage(usage)
+                ledger.settle_usage(usage, position=(event.message.partition, event.message.offset))
 
         # one at a time, in order; acked and committed by the same rules as the request path; a record that
         # fails is dead-lettered (not answered: its request was) so the partition's commit moves on

@@ -155,6 +155,7 @@ class QuotaLedger:
             "spent_nusd": old.get("spent_nusd", 0) if old.get("month") == month else 0,
             "reservations": dict(old.get("reservations", {})) if old.get("month") == month else {},
             "seen": list(old.get("seen", [])),
+            "applied": dict(old.get("applied", {})),
             "seq": old.get("seq", 0),
         }
         horizon = t.timestamp() - self._catalog.routing.reservation_ttl_s
@@ -264,11 +265,25 @@ class QuotaLedger:
         *,
         reservation_id: str | None = None,
         event_id: str | None = None,
+        position: tuple[int, int] | None = None,
     ) -> Settlement:
-        """Charge what a call cost and release the request's reservation (a replayed ``event_id``: no-op)."""
+        """Charge what a call cost and release the request's reservation (a replayed ``event_id``: no-op).
+
+        ``position`` is the usage record's (partition, offset): the settle agent reads each partition in
+        order, so a record at or below the last one applied from its partition is a replay, however many
+        records the replay spans (the ``seen`` ids only cover the last ``_SEEN_KEPT``).
+        """
         rec = self._record(tenant, now)
+        unchanged = Settlement(applied=False, released_usd=0.0, charged_usd=0.0, spent_usd=rec["spent_nusd"] / NANO)
+        if position is not None:
+            partition, offset = str(position[0]), position[1]
+            if offset <= rec["applied"].get(partition, -1):
+                return unchanged
+            rec["applied"][partition] = offset
         if event_id is not None and event_id in rec["seen"]:
-            return Settlement(applied=False, released_usd=0.0, charged_usd=0.0, spent_usd=rec["spent_nusd"] / NANO)
+            if position is not None:
+                self.state[tenant] = rec  # the mark moves past a duplicate too
+            return unchanged
         held = rec["reservations"].pop(reservation_id, None) if reservation_id is not None else None
         released = held["nusd"] if held else 0
         # a cost from a month that has ended belongs to that month's budget, not to the current one
@@ -281,11 +296,17 @@ class QuotaLedger:
             applied=True, released_usd=released / NANO, charged_usd=charged / NANO, spent_usd=rec["spent_nusd"] / NANO
         )
 
-    def settle_usage(self, event: UsageEvent) -> Settlement:
-        """``settle`` from a usage event: its cost, its request's reservation, its event id."""
+    def settle_usage(self, event: UsageEvent, position: tuple[int, int] | None = None) -> Settlement:
+        """``settle`` from a usage event: its cost, its request's reservation, its event id (and its record's
+        ``position``: partition and offset)."""
         if event.tenant not in self.state and self.monthly_budget(event.tenant, event.tier or "pro") is None:
             # an unlimited tenant that was never admitted with state: nothing reserved, nothing to track
             return Settlement(applied=False, released_usd=0.0, charged_usd=0.0, spent_usd=0.0)
         return self.settle(
-            event.tenant, event.cost_usd, event.ts, reservation_id=event.request_id, event_id=event.event_id
+            event.tenant,
+            event.cost_usd,
+            event.ts,
+            reservation_id=event.request_id,
+            event_id=event.event_id,
+            position=position,
         )

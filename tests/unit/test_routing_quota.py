@@ -154,6 +154,35 @@ def test_a_replay_after_its_usage_settled_counts_once_and_holds_nothing(catalog:
     assert ledger.admit("capped", "pro", NOON, 0.1, request_id="r").requests_today == 2
 
 
+def test_a_replay_of_more_usage_records_than_the_seen_ids_keep_charges_nothing_twice(catalog: Catalog) -> None:
+    """After a crash the settle agent replays every usage record since its last commit; a busy tenant has
+    more of them than the 256 event ids a record keeps. Positions (partition, offset) catch them all."""
+    ledger = QuotaLedger(catalog)
+    events = [
+        UsageEvent(
+            event_id=f"r{i}:1",
+            request_id=f"r{i}",
+            tenant="capped",
+            provider="openai",
+            model="gpt-4o-mini",
+            status="ok",
+            cost_usd=0.001,
+            ts=NOON,
+        )
+        for i in range(400)
+    ]
+    for offset, event in enumerate(events):
+        ledger.settle_usage(event, position=(2, offset))
+    assert ledger.usage("capped", NOON).spent_usd == pytest.approx(0.4)
+    assert not any(ledger.settle_usage(e, position=(2, o)).applied for o, e in enumerate(events))  # the replay
+    assert ledger.usage("capped", NOON).spent_usd == pytest.approx(0.4)
+    # the same event produced twice (at a new offset) is still caught by its id
+    assert not ledger.settle_usage(events[-1], position=(2, 400)).applied
+    # another partition's offsets are its own
+    later = events[0].model_copy(update={"event_id": "x:1", "request_id": "x"})
+    assert ledger.settle_usage(later, position=(3, 0)).applied
+
+
 def test_a_late_usage_event_never_rolls_the_day_back(catalog: Catalog) -> None:
     ledger = QuotaLedger(catalog)
     ledger.admit("t", "free", datetime(2025, 3, 1, 23, 59, 59, tzinfo=UTC), 0.0, request_id="late")
