@@ -336,6 +336,7 @@ def build_app(settings: Settings) -> faust.App:
         default_tier=settings.default_tier,
         cache=cache,
         reply_exists=reply_topics.exists,
+        partitions=settings.kafka.partitions,
     )
     store_prompts = settings.clickhouse.store_prompts  # prompts travel on usage events only when an operator opts in
     dispatch = DispatchStage(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiokafka.partitioner import murmur2
+
 from schemas.base import utc_now
 from schemas.request import Request, Tier
 from schemas.response import Latency, Response
@@ -57,8 +59,11 @@ class GateStage:
         default_tier: Tier,
         cache: CacheStage | None = None,
         reply_exists: TopicExists | None = None,
+        partitions: int | None = None,
     ) -> None:
-        """``reply_exists``: whether the broker has a reply topic (None: every allowed one is taken to exist)."""
+        """``reply_exists``: whether the broker has a reply topic (None: every allowed one is taken to exist).
+        ``partitions``: the requests topic's partition count, to find a tenant's home partition (None: a
+        record keyed by its tenant is taken to be on it)."""
         self._topics = topics
         self._router = router
         self._available = available
@@ -70,6 +75,7 @@ class GateStage:
         self._default_tier = default_tier
         self._cache = cache
         self._reply_exists = reply_exists
+        self._partitions = partitions
 
     async def handle(self, record: Record) -> None:
         """Process one request record."""
@@ -97,12 +103,24 @@ class GateStage:
         except InvalidRecord as exc:
             await self._reject(record, exc)
             return
-        if record.key != request.tenant.encode():
-            # Quotas are counted where the tenant's partition lives: re-key a record that a producer
-            # sent under another key (once), and count it when it comes back on the right partition.
-            await (await self._pub.publish_raw(self._topics.requests, record.value or b"", key=request.tenant))
+        home = self.home_partition(request.tenant)
+        if (record.partition != home) if home is not None else (record.key != request.tenant.encode()):
+            # Quotas are counted where the tenant's partition lives (the one its usage events reach, by the
+            # murmur2 partitioner of Kafka's Java and aiokafka clients). A record elsewhere (another key, or
+            # the tenant's key through another partitioner: librdkafka hashes with CRC32) is sent there once.
+            await (
+                await self._pub.publish_raw(
+                    self._topics.requests, record.value or b"", key=request.tenant, partition=home
+                )
+            )
             return
         await self._admit(request, record.partition)
+
+    def home_partition(self, tenant: str) -> int | None:
+        """The requests partition a tenant's records belong on (None when the partition count is not known)."""
+        if self._partitions is None:
+            return None
+        return (murmur2(tenant.encode()) & 0x7FFFFFFF) % self._partitions
 
     async def _reject(self, record: Record, exc: InvalidRecord) -> None:
         metrics.record_request("gate", exc.reason.value)
