@@ -17,6 +17,7 @@ from models.corpus import SAMPLE_SENTENCES
 from schemas.request import Request
 from streams.bench import Percentiles, run_load
 from streams.client import AifleetClient
+from streams.kafka_auth import aiokafka_options
 from streams.settings import Settings
 
 
@@ -67,7 +68,10 @@ async def run_embed_bench(
         )
 
     async with AifleetClient(
-        bootstrap, topic_prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
+        bootstrap,
+        topic_prefix=settings.kafka.topic_prefix,
+        partitions=settings.kafka.partitions,
+        kafka_options=aiokafka_options(settings),
     ) as client:
         # warm the worker's model before timing
         await client.request(make(0).model_copy(update={"request_id": f"emb-{run}-warm"}), timeout=120)

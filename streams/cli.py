@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.kafka_auth import aiokafka_options
 from streams.settings import Settings, get_settings
 
 app = typer.Typer(help="aifleet: a Kafka-native AI gateway.", no_args_is_help=True, add_completion=False)
@@ -155,7 +156,12 @@ def send(
     bootstrap = s.kafka_servers
 
     async def go() -> Response:
-        async with AifleetClient(bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions) as c:
+        async with AifleetClient(
+            bootstrap,
+            topic_prefix=s.kafka.topic_prefix,
+            partitions=s.kafka.partitions,
+            kafka_options=aiokafka_options(s),
+        ) as c:
             req = c.build(prompt, tenant=tenant, model=model, stream=stream)
             if not stream:
                 return await c.request(req, timeout=timeout)
@@ -244,7 +250,12 @@ def bench(
         emulator_reset(emu)
 
         async def go() -> Any:
-            async with AifleetClient(bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions) as c:
+            async with AifleetClient(
+                bootstrap,
+                topic_prefix=s.kafka.topic_prefix,
+                partitions=s.kafka.partitions,
+                kafka_options=aiokafka_options(s),
+            ) as c:
                 with Progress(
                     "[progress.description]{task.description}",
                     BarColumn(),

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.kafka_auth import aiokafka_options
 from streams.soak import Bucket, SoakResult
 
 out = Console()
@@ -44,7 +45,10 @@ def soak(
 
         async def go() -> SoakResult:
             async with AifleetClient(
-                stack.bootstrap, topic_prefix=s.kafka.topic_prefix, partitions=s.kafka.partitions
+                stack.bootstrap,
+                topic_prefix=s.kafka.topic_prefix,
+                partitions=s.kafka.partitions,
+                kafka_options=aiokafka_options(s),
             ) as c:
                 return await run_soak(
                     c,
