@@ -4,7 +4,8 @@ Provider error bodies can quote the key a request presented (OpenAI's 401 quotes
 some OpenAI-compatible servers and proxies quote it whole). Their text becomes the ``message`` of a
 typed error, which reaches the requester's reply topic, logs and the dead-letter topic. So every
 provider error message passes through :func:`redact_keys` where it is built
-(``providers.http.raise_for_status``).
+(``providers.http.raise_for_status``). Shapes are not enough (a self-hosted server's key can be any
+string), so the keys the providers are built with are registered too, and their literal values redacted.
 """
 
 from __future__ import annotations
@@ -25,9 +26,24 @@ def looks_like_key(text: str) -> bool:
     return bool(_KEY_LIKE.search(text))
 
 
+_SECRETS: set[str] = set()
+_MIN_SECRET = 6  # shorter values would redact ordinary words
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a configured secret, so its literal value is redacted whatever its shape (a vLLM
+    ``--api-key`` such as ``team-key-2024``, a base64 key with ``+`` and ``/``)."""
+    if value and len(value) >= _MIN_SECRET:
+        _SECRETS.add(value)
+
+
 def redact_keys(text: str) -> str:
-    """``text`` with every credential-shaped token (and ``Bearer <token>``) replaced by ``[redacted]``."""
+    """``text`` with every configured secret and every credential-shaped token (and ``Bearer <token>``)
+    replaced by ``[redacted]``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: one may contain another
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     return _KEY_IN_TEXT.sub(REDACTED, text)
 
 
-__all__ = ["REDACTED", "looks_like_key", "redact_keys"]
+__all__ = ["REDACTED", "looks_like_key", "redact_keys", "register_secret"]

@@ -22,6 +22,7 @@ from streams.providers.compatible import OpenAICompatibleProvider
 from streams.providers.local import LocalProvider
 from streams.providers.ollama import OllamaProvider
 from streams.providers.openai import OpenAIProvider
+from streams.redact import register_secret
 from streams.settings import ProviderKeys, clean_api_key
 
 
@@ -62,9 +63,11 @@ def api_key_for(spec: ProviderSpec, keys: ProviderKeys) -> SecretStr | None:
     if not isinstance(value, SecretStr):
         return None
     try:  # again here: keys built without validation (model_construct) must not reach a header unchecked
-        return clean_api_key(value, f"keys.{spec.key}")
+        key = clean_api_key(value, f"keys.{spec.key}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    register_secret(key.get_secret_value() if key is not None else None)  # redacted from error text by value
+    return key
 
 
 def build_provider(name: str, spec: ProviderSpec, keys: ProviderKeys) -> Provider:

@@ -52,6 +52,20 @@ def test_a_body_that_quotes_the_whole_key_gives_an_error_without_it() -> None:
     assert KEY[8:20] not in caught_raw.value.message
 
 
+def test_a_configured_key_of_any_shape_is_redacted_by_its_value() -> None:
+    """A self-hosted server's key can be any string; the shapes miss it, its configured value does not."""
+    odd = "team-key-2024"  # no known prefix, too short and too broken up for the long-token shape
+    body = orjson.dumps({"error": {"message": f"Incorrect API key provided: {odd}"}})
+    with pytest.raises(AuthenticationFailed) as before:
+        raise_for_status("vllm", 401, {}, body)
+    assert odd in before.value.message  # what the shapes alone let through
+    spec = test_catalog().providers["openai"].model_copy(update={"key": "huggingface"})
+    build_provider("vllm", spec, ProviderKeys(huggingface=SecretStr(odd)))
+    with pytest.raises(AuthenticationFailed) as after:
+        raise_for_status("vllm", 401, {}, body)
+    assert odd not in after.value.message and REDACTED in after.value.message
+
+
 @pytest.fixture
 async def emulator() -> AsyncIterator[RunningEmulator]:
     async with running_emulator() as emu:
