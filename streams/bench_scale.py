@@ -68,10 +68,10 @@ def run_scale(
     base = Settings()
     cfg = broker.from_settings(base)
     started = base.bootstrap is None and broker.read_pid(cfg) is None
-    if base.bootstrap is None:
-        broker.start(cfg)
     rows: list[ScaleRow] = []
-    try:
+    try:  # the start inside: a Ctrl-C or a failed start still stops what it started
+        if base.bootstrap is None:
+            broker.start(cfg)
         for n in worker_counts:
             prefix = f"scale{n}-{uuid.uuid4().hex[:6]}"
             with patched_environ({"AIFLEET_KAFKA__TOPIC_PREFIX": prefix, "AIFLEET_KAFKA__PARTITIONS": str(partitions)}):

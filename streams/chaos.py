@@ -1196,9 +1196,9 @@ def run_suite(
     if hazard:
         say(f"warning: {hazard} (see docs/operations.md, 'Fault suite')")
     say(f"starting the suite's broker on {cfg.bootstrap} (data in {cfg.data_dir})")
-    start_broker(cfg)
     results: list[ChaosResult] = []
-    try:
+    try:  # the start inside: a Ctrl-C or a failed start still stops the broker
+        start_broker(cfg)
         for i, name in enumerate(options.scenarios):
             if not broker.answers_metadata(cfg.bootstrap):
                 say("a scenario left the broker down: starting it again")

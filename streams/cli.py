@@ -428,12 +428,36 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """What ordinary bad input or a missing broker raises: said in one line, not as a traceback."""
+    from aiokafka.errors import KafkaError
+    from confluent_kafka import KafkaException
+    from pydantic import ValidationError
+
+    from streams.errors import AifleetError
+
+    return (AifleetError, OSError, OverflowError, ValidationError, KafkaError, KafkaException)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    SIGTERM (``timeout``, CI, ``docker stop``) exits through the ``finally`` blocks, so the brokers,
+    emulators and workers a command started are stopped, not orphaned. Errors that ordinary bad input or
+    an unreachable broker cause are one ``error:`` line and exit code 2.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except _expected_errors() as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,19 @@ def read_pid(cfg: BrokerConfig) -> int | None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return None
+    if not _is_this_broker(pid, cfg):
+        return None  # a stale pid file whose pid now belongs to another process: never ours to stop
     return pid
+
+
+def _is_this_broker(pid: int, cfg: BrokerConfig) -> bool:
+    """Whether ``pid`` runs Kafka on this config's properties file (True where /proc cannot tell)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    args = [a.decode(errors="replace") for a in cmdline]
+    return "kafka.Kafka" in args and str(cfg.properties_file) in args
 
 
 def _is_zombie(pid: int) -> bool:

@@ -123,7 +123,12 @@ def run_sink_bench(
             cfg = broker.from_settings(settings)
             if broker.read_pid(cfg) is None:
                 started_broker = cfg
-            broker.start(cfg)
+            try:
+                broker.start(cfg)
+            except BaseException:  # a Ctrl-C or a failed start: stop what was started
+                if started_broker is not None:
+                    broker.stop(started_broker)
+                raise
             bootstrap = cfg.bootstrap
         prefix = f"{settings.kafka.topic_prefix}-sinkbench-{uuid.uuid4().hex[:6]}"
         env = {
