@@ -143,7 +143,7 @@ def _properties(cfg: BrokerConfig) -> str:
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
+            "auto.create.topics.enable=false",  # as in docker-compose.yml: every topic is created on purpose
             "message.max.bytes=8388608",
             "replica.fetch.max.bytes=8388608",
             "log.retention.hours=168",
