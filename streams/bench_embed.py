@@ -17,7 +17,6 @@ from models.corpus import SAMPLE_SENTENCES
 from schemas.request import Request
 from streams.bench import Percentiles, run_load
 from streams.client import AifleetClient
-from streams.kafka_auth import aiokafka_options
 from streams.settings import Settings
 
 
@@ -67,12 +66,7 @@ async def run_embed_bench(
             cache_bypass=True,
         )
 
-    async with AifleetClient(
-        bootstrap,
-        topic_prefix=settings.kafka.topic_prefix,
-        partitions=settings.kafka.partitions,
-        kafka_options=aiokafka_options(settings),
-    ) as client:
+    async with AifleetClient.from_settings(settings, bootstrap) as client:
         # warm the worker's model before timing
         await client.request(make(0).model_copy(update={"request_id": f"emb-{run}-warm"}), timeout=120)
         # The bare model is measured right before and right after the Kafka run, and the two averaged, so a

@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from infra.kafka import broker
 from streams.bench import Percentiles, emulator_reset, emulator_stats, run_load
 from streams.client import AifleetClient
-from streams.kafka_auth import aiokafka_options
 from streams.settings import BENCH_CONFIG_FILE, Settings, patched_environ
 from streams.soak import process_sample, stack_processes
 from streams.stack import Stack
@@ -104,12 +103,7 @@ def _measure(
     say: Callable[[str], None],
 ) -> ScaleRow:
     async def go() -> tuple[ScaleRow, dict[str, float], dict[str, float]]:
-        async with AifleetClient(
-            stack.bootstrap,
-            topic_prefix=settings.kafka.topic_prefix,
-            partitions=partitions,
-            kafka_options=aiokafka_options(settings),
-        ) as c:
+        async with AifleetClient.from_settings(settings, stack.bootstrap, partitions=partitions) as c:
             say(f"{n} worker(s): warm-up")
             await run_load(c, requests=min(500, requests), concurrency=concurrency, settle_s=0.5)
             emulator_reset(stack.emulator_url)

@@ -60,7 +60,6 @@ from streams.admin import wait_for_group
 from streams.bench import Percentiles, emulator_reset, emulator_stats
 from streams.client import AifleetClient, ClientDeliveryError, ClientTimeout
 from streams.errors import AifleetError, BrokerError, InvalidRecord
-from streams.kafka_auth import aiokafka_options
 from streams.settings import DEFAULT_HOME, KafkaSettings, Settings, patched_environ
 from streams.stack import Stack
 from streams.topics import Topics
@@ -345,12 +344,7 @@ class Deployment:
         """A started client, stopped afterwards within a bound. With its broker gone, stopping an aiokafka
         consumer can take long or end in a stray CancelledError; neither may cost the scenario its result."""
         s = self.settings
-        client = AifleetClient(
-            self.bootstrap,
-            topic_prefix=s.kafka.topic_prefix,
-            partitions=s.kafka.partitions,
-            kafka_options=aiokafka_options(s),
-        )
+        client = AifleetClient.from_settings(s, self.bootstrap)
         await client.start()
         try:
             yield client

@@ -15,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.kafka_auth import aiokafka_options
 from streams.settings import Settings, get_settings
 
 app = typer.Typer(help="aifleet: a Kafka-native AI gateway.", no_args_is_help=True, add_completion=False)
@@ -156,12 +155,7 @@ def send(
     bootstrap = s.kafka_servers
 
     async def go() -> Response:
-        async with AifleetClient(
-            bootstrap,
-            topic_prefix=s.kafka.topic_prefix,
-            partitions=s.kafka.partitions,
-            kafka_options=aiokafka_options(s),
-        ) as c:
+        async with AifleetClient.from_settings(s, bootstrap) as c:
             req = c.build(prompt, tenant=tenant, model=model, stream=stream)
             if not stream:
                 return await c.request(req, timeout=timeout)
@@ -250,12 +244,7 @@ def bench(
         emulator_reset(emu)
 
         async def go() -> Any:
-            async with AifleetClient(
-                bootstrap,
-                topic_prefix=s.kafka.topic_prefix,
-                partitions=s.kafka.partitions,
-                kafka_options=aiokafka_options(s),
-            ) as c:
+            async with AifleetClient.from_settings(s, bootstrap) as c:
                 with Progress(
                     "[progress.description]{task.description}",
                     BarColumn(),

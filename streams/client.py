@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -29,6 +29,9 @@ from schemas.chunk import StreamChunk
 from schemas.request import Message, Request
 from schemas.response import Response
 from streams.errors import AifleetError
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 T = TypeVar("T")
 
@@ -80,6 +83,20 @@ class AifleetClient:
         self.duplicates = 0
         self.unsolicited = 0
         self.stream_grace_s = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bootstrap: str | None = None, **overrides: Any) -> Self:
+        """A client for the cluster ``settings`` describe: its bootstrap (unless given), topic prefix, partition
+        count and security options (SASL/SSL); ``overrides`` replace any of the keyword arguments."""
+        from streams.kafka_auth import aiokafka_options
+
+        options: dict[str, Any] = {
+            "topic_prefix": settings.kafka.topic_prefix,
+            "partitions": settings.kafka.partitions,
+            "kafka_options": aiokafka_options(settings),
+            **overrides,
+        }
+        return cls(bootstrap or settings.kafka_servers, **options)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -20,7 +20,6 @@ from schemas.dead_letter import DeadLetter
 from schemas.request import Request
 from schemas.response import Response
 from streams.client import AifleetClient
-from streams.kafka_auth import aiokafka_options
 from streams.settings import Settings
 from streams.stack import Stack
 
@@ -35,9 +34,7 @@ QUESTIONS = [
 async def _traffic(bootstrap: str, settings: Settings, console: Console) -> list[Response]:
     prefix = settings.kafka.topic_prefix
     answers: list[Response] = []
-    async with AifleetClient(
-        bootstrap, topic_prefix=prefix, partitions=settings.kafka.partitions, kafka_options=aiokafka_options(settings)
-    ) as client:
+    async with AifleetClient.from_settings(settings, bootstrap, topic_prefix=prefix) as client:
         table = Table(title="chat requests through Kafka")
         for col in ("tenant", "question", "answer", "provider/model", "tokens", "cost $", "ms"):
             table.add_column(col)

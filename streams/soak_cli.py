@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.kafka_auth import aiokafka_options
 from streams.soak import Bucket, SoakResult
 
 out = Console()
@@ -44,12 +43,7 @@ def soak(
     with stack.running(err, "starting broker, emulator, analytics and workers..."):
 
         async def go() -> SoakResult:
-            async with AifleetClient(
-                stack.bootstrap,
-                topic_prefix=s.kafka.topic_prefix,
-                partitions=s.kafka.partitions,
-                kafka_options=aiokafka_options(s),
-            ) as c:
+            async with AifleetClient.from_settings(s, stack.bootstrap) as c:
                 return await run_soak(
                     c,
                     stack,

@@ -24,7 +24,7 @@ from rich.console import Console
 from infra.kafka import broker
 from streams.admin import ensure_topics, wait_for_group
 from streams.errors import AifleetError
-from streams.kafka_auth import aiokafka_options, librdkafka_config
+from streams.kafka_auth import librdkafka_config
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -151,12 +151,7 @@ class Stack:
         async def go() -> float:
             t0 = time.monotonic()
             s = self.settings
-            async with AifleetClient(
-                self.bootstrap,
-                topic_prefix=s.kafka.topic_prefix,
-                partitions=s.kafka.partitions,
-                kafka_options=aiokafka_options(s),
-            ) as client:
+            async with AifleetClient.from_settings(s, self.bootstrap) as client:
                 while time.monotonic() - t0 < timeout_s:
                     self.check_alive()
                     try:

@@ -80,7 +80,6 @@ def bench(
     from streams.bench import emulator_reset, emulator_stats
     from streams.bench_cache import build_workload, run_cache_load, summarise, workload_calls
     from streams.client import AifleetClient
-    from streams.kafka_auth import aiokafka_options
     from streams.settings import BENCH_CONFIG_FILE, get_settings
     from streams.stack import Stack
 
@@ -92,12 +91,7 @@ def bench(
         emulator_reset(stack.emulator_url)
 
         async def go() -> tuple[dict[str, list[float]], list, int, int, float]:  # type: ignore[type-arg]
-            async with AifleetClient(
-                stack.bootstrap,
-                topic_prefix=s.kafka.topic_prefix,
-                partitions=s.kafka.partitions,
-                kafka_options=aiokafka_options(s),
-            ) as c:
+            async with AifleetClient.from_settings(s, stack.bootstrap) as c:
                 with err.status(f"sending {requests} requests..."):
                     t0 = time.perf_counter()
                     lat, responses, lost = await run_cache_load(c, workload, concurrency=concurrency)

@@ -65,7 +65,7 @@ def test_the_cli_clients_use_the_sasl_settings(monkeypatch: pytest.MonkeyPatch) 
     class Refused(Exception):
         pass
 
-    class Recording:
+    class Recording(streams.client.AifleetClient):
         def __init__(self, bootstrap: str, **kwargs: Any) -> None:
             seen.update(kwargs)
 
