@@ -400,12 +400,14 @@ def build_app(settings: Settings) -> faust.App:
                     sources.append(e)
             if not batch:
                 continue
+            unanswered: list[tuple[int, BaseException]]
             try:
-                await infer.handle_batch(batch)
-            except Exception as exc:  # nothing is lost and the agent lives: each record is dead-lettered
+                unanswered = await infer.handle_batch(batch)
+            except Exception as failure:  # nothing is lost and the agent lives: each record is dead-lettered
                 log.exception("infer batch of %d failed", len(batch))
-                for e in sources:
-                    await dead_letter_crash(e, exc)
+                unanswered = [(i, failure) for i in range(len(batch))]
+            for i, error in unanswered:  # only the records of requests that got no answer at all
+                await dead_letter_crash(sources[i], error)
 
     @app.agent(raw_topic(app, topics.usage, settings), name="settle")
     async def settle_agent(stream: Any) -> None:

@@ -66,9 +66,11 @@ def _utc(now: datetime) -> datetime:
 
 
 def _settled(rec: dict[str, Any], request_id: str) -> bool:
-    """Whether a usage event of ``request_id`` (ids ``<request_id>:<attempt>``) settled recently."""
-    prefix = f"{request_id}:"
-    return any(e.startswith(prefix) for e in rec["seen"])
+    """Whether a usage event of ``request_id`` (ids ``<request_id>:<attempt>``) settled recently.
+
+    Request ids may hold ``:`` themselves, so the attempt is what follows the last one (a prefix test would
+    take request ``job`` for settled once ``job:1``'s event ``job:1:1`` has been)."""
+    return any(e.rpartition(":")[0] == request_id for e in rec["seen"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,11 @@ def test_a_replay_after_its_usage_settled_counts_once_and_holds_nothing(catalog:
     assert (usage.requests_today, usage.outstanding_usd, usage.spent_usd) == (1, 0, pytest.approx(0.1))
     # another request id that merely starts alike is a new request
     assert ledger.admit("capped", "pro", NOON, 0.1, request_id="r").requests_today == 2
+    # request ids may hold ':': once 'job:1' (event 'job:1:1') has settled, request 'job' is still new
+    ledger.admit("capped", "pro", NOON, 0.1, request_id="job:1")
+    ledger.settle("capped", 0.1, NOON, reservation_id="job:1", event_id="job:1:1")
+    fresh = ledger.admit("capped", "pro", NOON, 0.1, request_id="job")
+    assert fresh.requests_today == 4 and fresh.reserved_usd == pytest.approx(0.1)
 
 
 def test_a_replay_of_more_usage_records_than_the_seen_ids_keep_charges_nothing_twice(catalog: Catalog) -> None:
