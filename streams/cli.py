@@ -302,7 +302,14 @@ def bench_scale(
 
     from streams.bench_scale import run_scale
 
-    counts = [int(x) for x in workers.split(",") if x.strip()]
+    try:
+        counts = [int(x) for x in workers.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{workers!r} is not a comma-separated list of worker counts", param_hint="--workers"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("give at least one worker count, each 1 or more", param_hint="--workers")
     with err.status("scale bench...") as status:
         rows = run_scale(
             counts,

@@ -31,9 +31,9 @@ def _fail(exc: AifleetError) -> typer.Exit:
 def migrate(
     ttl_days: Annotated[
         int | None,
-        typer.Option(help="Days usage events and prompts are kept (default: AIFLEET_CLICKHOUSE__TTL_DAYS, 90)."),
+        typer.Option(min=1, help="Days usage events and prompts are kept (default: AIFLEET_CLICKHOUSE__TTL_DAYS, 90)."),
     ] = None,
-    rollup_ttl_days: Annotated[int, typer.Option(help="Days rollups and alerts are kept.")] = 730,
+    rollup_ttl_days: Annotated[int, typer.Option(min=1, help="Days rollups and alerts are kept.")] = 730,
     print_sql: Annotated[bool, typer.Option("--print", help="Print the rendered SQL and apply nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Re-run every (idempotent) migration.")] = False,
 ) -> None:
@@ -102,9 +102,9 @@ def report(
 
 @app.command()
 def seed(
-    events: Annotated[int, typer.Option(help="How many synthetic usage events")] = 100_000,
-    days: Annotated[int, typer.Option(help="Spread them over this many days up to now")] = 7,
-    batch: Annotated[int, typer.Option(help="Events per insert")] = 10_000,
+    events: Annotated[int, typer.Option(min=1, help="How many synthetic usage events")] = 100_000,
+    days: Annotated[int, typer.Option(min=1, help="Spread them over this many days up to now")] = 7,
+    batch: Annotated[int, typer.Option(min=1, help="Events per insert")] = 10_000,
     seed_value: Annotated[int, typer.Option("--seed", help="RNG seed (same seed: same event ids)")] = 0,
 ) -> None:
     """Generate synthetic usage events into the store (idempotent per seed), with a progress bar."""

@@ -34,6 +34,24 @@ def test_bad_input_is_one_error_line_and_exit_2(
     assert err.startswith("error: ") and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "scale", "--workers", "a,b"],
+        ["bench", "scale", "--workers", ","],
+        ["analytics", "seed", "--days", "-1"],
+        ["analytics", "migrate", "--ttl-days", "-5", "--print"],
+    ],
+)
+def test_option_values_that_mean_nothing_are_refused_before_anything_starts(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["aifleet", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2  # click's usage error, not a traceback (exit 1)
+
+
 def test_sigterm_runs_the_finally_blocks(tmp_path: Path) -> None:
     marker = tmp_path / "stopped"
     script = textwrap.dedent(
