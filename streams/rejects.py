@@ -209,12 +209,26 @@ async def read_routed(
         return RoutedRequest.from_json(event.value)
     except ValidationError as exc:
         err = invalid_routed(event.value, exc)
+    await _reject_event(publisher, topics, event, err, max_payload=max_payload, exists=exists)
+    return None
+
+
+async def _reject_event(
+    publisher: Publisher,
+    topics: Topics,
+    event: Any,
+    err: InvalidRecord,
+    *,
+    max_payload: int,
+    exists: TopicExists | None,
+    answer: bool = True,
+) -> None:
+    """``reject`` for a faust event: its record's bytes and position, and the reply topic the error read."""
     m = event.message
     await reject(
         publisher, topics, err, event.value, source_topic=m.topic, partition=m.partition, offset=m.offset,
-        max_payload=max_payload, requested_reply=err.reply_topic, exists=exists,
+        max_payload=max_payload, requested_reply=err.reply_topic, exists=exists, answer=answer,
     )  # fmt: skip
-    return None
 
 
 def crash_handler(
@@ -228,10 +242,6 @@ def crash_handler(
 
     async def dead_letter_crash(event: Any, exc: BaseException) -> None:
         err = processing_failed(event.value, exc)
-        m = event.message
-        await reject(
-            publisher, topics, err, event.value, source_topic=m.topic, partition=m.partition, offset=m.offset,
-            max_payload=max_payload, requested_reply=err.reply_topic, exists=exists, answer=answer,
-        )  # fmt: skip
+        await _reject_event(publisher, topics, event, err, max_payload=max_payload, exists=exists, answer=answer)
 
     return dead_letter_crash

@@ -152,16 +152,7 @@ class UsageConsumer:
                 events.append(event)
                 sources[id(event)] = r
             except InvalidRecord as exc:
-                letters.append(
-                    dead_letter(
-                        exc,
-                        r.value,
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        max_payload=self.max_payload,
-                    )
-                )
+                letters.append(self._letter(r, exc))
         if letters:  # before the commit, so a bad record is never just dropped
             log.warning("dead-lettering %d usage records that are not UsageEvents", len(letters))
             await self.publish_dead_letters(letters)
@@ -170,7 +161,10 @@ class UsageConsumer:
         refused = await self._write(events)
         if refused:  # before the commit, as above
             log.warning("dead-lettering %d usage events the store refused", len(refused))
-            await self.publish_dead_letters([self._refused_letter(sources[id(e)], exc) for e, exc in refused])
+            why = "the analytics store refused the event"
+            await self.publish_dead_letters(
+                [self._letter(sources[id(e)], RefusedByStore(f"{why}: {exc.message}")) for e, exc in refused]
+            )
             self.stats.dead_letters += len(refused)
         try:
             await self._consumer.commit(ends)
@@ -180,10 +174,10 @@ class UsageConsumer:
         self.stats.batches += 1
         self.stats.events += len(events)
 
-    def _refused_letter(self, record: ConsumerRecord[bytes, bytes], exc: AnalyticsError) -> DeadLetter:
-        reason = RefusedByStore(f"the analytics store refused the event: {exc.message}")
+    def _letter(self, record: ConsumerRecord[bytes, bytes], exc: InvalidRecord) -> DeadLetter:
+        """The dead letter of one usage record, with its position."""
         return dead_letter(
-            reason,
+            exc,
             record.value,
             topic=record.topic,
             partition=record.partition,
