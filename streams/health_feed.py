@@ -111,7 +111,6 @@ async def follow_health(
             found = offsets.get(tp)
             position[tp] = found.offset if found is not None else ends[tp]
             consumer.seek(tp, position[tp])
-        behind = caught_up is not None
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
@@ -124,10 +123,9 @@ async def follow_health(
                         log.warning("ignoring a malformed health event at offset %s", record.offset)
                         continue
                     apply(event)
-            if behind and all(position[tp] >= ends[tp] for tp in tps):
-                behind = False
-                assert caught_up is not None
+            if caught_up is not None and all(position[tp] >= ends[tp] for tp in tps):
                 caught_up()
+                caught_up = None  # once
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas.chunk import StreamChunk
 from schemas.request import Request
@@ -246,56 +247,47 @@ class DispatchStage:
             if a.outcome == "ok":
                 self._router.latency.observe(a.provider, a.latency_s * 1000, model=a.model)
             usage = a.usage or TokenUsage()
-            run.outbox.append(
-                (
-                    self._topics.usage,
-                    UsageEvent(
-                        event_id=f"{request.request_id}:{n}",
-                        request_id=request.request_id,
-                        tenant=request.tenant,
-                        tier=run.routed.tier,
-                        kind=request.kind,
-                        provider=a.provider,
-                        model=a.model,
-                        status="ok" if a.outcome == "ok" else "error",
-                        error_reason=a.reason,
-                        attempt=n,
-                        input_tokens=usage.input_tokens,
-                        output_tokens=usage.output_tokens,
-                        cost_usd=self._cost(a.provider, a.model, usage),
-                        latency_ms=a.latency_s * 1000,
-                        streamed=request.stream,
-                        route_reason=run.routed.route.reason,
-                        region=request.region,
-                        worker=self._worker,
-                        prompt=prompt_of(request) if self._store_prompts and n == 1 else None,
-                    ),
-                    request.tenant,
-                )
+            event = self._usage_event(
+                run,
+                n,
+                provider=a.provider,
+                model=a.model,
+                status="ok" if a.outcome == "ok" else "error",
+                error_reason=a.reason,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=self._cost(a.provider, a.model, usage),
+                latency_ms=a.latency_s * 1000,
+                prompt=prompt_of(request) if self._store_prompts and n == 1 else None,
             )
+            run.outbox.append((self._topics.usage, event, request.tenant))
 
     def _rejected(self, run: _Run) -> tuple[str, UsageEvent, str]:
         """The usage event of a request that ended without a provider call: $0, it releases its reservation."""
-        request, route = run.request, run.routed.route
+        route = run.routed.route
         response = next((e for _, e, _ in run.outbox if isinstance(e, Response)), None)
         reason = response.error.reason if response is not None and response.error is not None else None
-        event = UsageEvent(
-            event_id=f"{request.request_id}:0",
+        event = self._usage_event(
+            run, 0, provider=route.provider, model=route.model, status="rejected", error_reason=reason
+        )
+        return (self._topics.usage, event, run.request.tenant)
+
+    def _usage_event(self, run: _Run, attempt: int, **fields: Any) -> UsageEvent:
+        """Attempt ``attempt``'s usage event: what every one of a request's events shares, plus ``fields``."""
+        request = run.request
+        return UsageEvent(
+            event_id=f"{request.request_id}:{attempt}",
             request_id=request.request_id,
             tenant=request.tenant,
             tier=run.routed.tier,
             kind=request.kind,
-            provider=route.provider,
-            model=route.model,
-            status="rejected",
-            error_reason=reason,
-            attempt=0,
+            attempt=attempt,
             streamed=request.stream,
-            route_reason=route.reason,
+            route_reason=run.routed.route.reason,
             region=request.region,
             worker=self._worker,
+            **fields,
         )
-        return (self._topics.usage, event, request.tenant)
 
 
 async def publish_fill(publisher: Publisher, topics: Topics, routed: RoutedRequest, outbox: Outbox) -> None:

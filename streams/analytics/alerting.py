@@ -24,7 +24,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal, TypeVar
@@ -125,8 +124,7 @@ class AlertLoop:
         if self.source == "stream":
             # a resumed evaluator's window starts empty: for one window, too few calls resolve nothing
             warming = self._monotonic() - self._resumed_at < self.window.window.total_seconds()
-            snapshot = self.window.snapshot(spend_usd=self._spend, budgets_usd=self._budgets)
-            return replace(snapshot, warming=warming)
+            return self.window.snapshot(spend_usd=self._spend, budgets_usd=self._budgets, warming=warming)
         now = self.engine.clock()
         unhealthy = self.window.unhealthy()
         return await self._read(

@@ -348,7 +348,11 @@ class UsageWindow:
         self._events = kept
 
     def snapshot(
-        self, *, spend_usd: Mapping[str, float] | None = None, budgets_usd: Mapping[str, float] | None = None
+        self,
+        *,
+        spend_usd: Mapping[str, float] | None = None,
+        budgets_usd: Mapping[str, float] | None = None,
+        warming: bool = False,
     ) -> Snapshot:
         """The aggregates of the events whose ``ts`` lies in the last ``window``, in any arrival order.
 
@@ -370,7 +374,7 @@ class UsageWindow:
             cost[e.provider] = cost.get(e.provider, 0.0) + e.cost_usd
             latency.setdefault(e.provider, []).append(e.latency_ms)
         providers = {p: ProviderStats(p, n, errors[p], _p95(latency[p]), cost[p]) for p, n in requests.items()}
-        return Snapshot(providers, self.unhealthy(), dict(spend_usd or {}), dict(budgets_usd or {}))
+        return Snapshot(providers, self.unhealthy(), dict(spend_usd or {}), dict(budgets_usd or {}), warming)
 
     def unhealthy(self) -> dict[str, str]:
         """provider -> reason, for every provider whose latest circuit state is open or half-open."""
