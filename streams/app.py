@@ -91,7 +91,7 @@ def build_caller(
     """The resilient caller and this worker's rate-limit share per provider (resized on rebalance)."""
     r = settings.resilience
     limiters = {
-        name: ProviderLimiter(name, rpm=spec.rpm, tpm=spec.tpm, burst=spec.burst)
+        name: ProviderLimiter(name, rpm=spec.rpm, tpm=spec.tpm, burst=spec.burst, margin_s=r.limiter_margin_s)
         for name, spec in catalog.providers.items()
         if name in providers
     }

@@ -94,6 +94,12 @@ class ResilienceSettings(_Section):
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     limiter_wait_s: float = Field(default=1.0, ge=0, description="Longest wait for our rate-limit share.")
+    limiter_margin_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds added to the 60 s rate-limit window: the most a call's way to the provider varies "
+        "(grants spread over 60 s must not arrive within less).",
+    )
     fallback_reserve: float = Field(
         default=0.5,
         ge=0,

@@ -150,12 +150,24 @@ class ProviderLimiter:
     """One worker's share of a provider's limits: requests per minute (with burst) and tokens per minute."""
 
     def __init__(
-        self, provider: str, *, rpm: float, tpm: float, burst: float | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        provider: str,
+        *,
+        rpm: float,
+        tpm: float,
+        burst: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        margin_s: float = 0.0,
     ):
+        """``margin_s`` lengthens the 60 s window the shares are counted over: a call reaches the provider a
+        little after it was granted, by a delay that varies, so grants spread over 60 s can arrive within less
+        than 60 s; a window longer by the largest such spread keeps every 60 s the provider sees within its
+        limits."""
         self.provider = provider
         self._clock = clock
-        self.requests = TokenBucket(rpm, burst=burst, clock=clock, name=f"{provider} rpm")
-        self.tokens = TokenBucket(tpm, clock=clock, name=f"{provider} tpm")
+        window_s = 60.0 + margin_s
+        self.requests = TokenBucket(rpm, window_s=window_s, burst=burst, clock=clock, name=f"{provider} rpm")
+        self.tokens = TokenBucket(tpm, window_s=window_s, clock=clock, name=f"{provider} tpm")
         self.blocked = False
         """True while this worker's share is zero (it owns no partition with a share of the limits)."""
 

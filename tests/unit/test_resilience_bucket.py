@@ -163,3 +163,25 @@ async def test_a_grown_share_charges_the_gained_part_for_one_window() -> None:
     assert sent <= 300  # with B's 300 in [30, 90): never over 600 in the window
     clock.advance(1.0)  # t >= 90: the charge expired
     assert a.requests.wait_time(1) <= 1.0
+
+
+async def test_a_margin_keeps_every_60s_at_the_provider_within_the_limit_despite_a_varying_delay() -> None:
+    """Calls reach the provider a varying delay after their grant: grants spread over 60 s can arrive within
+    less. With the margin as large as that spread, every 60 s window of arrivals stays within the limit."""
+    rng = random.Random(7)
+    for margin, must_hold in ((0.0, False), (1.0, True)):
+        clock = FakeClock()
+        limiter = ProviderLimiter("p", rpm=600, tpm=10**9, burst=20, clock=clock, margin_s=margin)
+        arrivals: list[float] = []
+        for _ in range(30_000):  # a greedy caller polling every 10 ms for 5 simulated minutes
+            while True:
+                try:
+                    await limiter.acquire(1, timeout=0)
+                except RateLimitSaturated:
+                    break
+                arrivals.append(clock.monotonic() + rng.uniform(0.0, 0.9))  # a delay that varies by < 1 s
+            clock.advance(0.01)
+        arrivals.sort()
+        peak = max_in_any_window(arrivals, [1.0] * len(arrivals), 60.0)
+        assert (peak <= 600) is must_hold, (margin, peak)
+    assert len(arrivals) >= 0.95 * 600 * 5  # the margin costs little of the limit
